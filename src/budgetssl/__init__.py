@@ -1,0 +1,3 @@
+"""budgetssl: visual pretraining under fixed, metered compute budgets."""
+
+__version__ = "0.1.0"

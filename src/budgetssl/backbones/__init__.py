@@ -1,0 +1,1 @@
+"""timm backbones behind one interface: pooled features and a spatial feature map."""

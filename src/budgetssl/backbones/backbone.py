@@ -1,0 +1,48 @@
+"""The backbone interface the rest of the code sees, and building one from config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from budgetssl.config.schema import BackboneConfig
+
+
+class Backbone(nn.Module):
+    """A timm model (num_classes=0) with the two read-outs methods and heads need.
+
+    `model` stays a plain timm module so its state dict loads into `timm.create_model`.
+    """
+
+    family: str
+
+    def __init__(self, model: nn.Module, timm_name: str, timm_kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.timm_name = timm_name
+        self.timm_kwargs = dict(timm_kwargs)
+        self.num_features: int = model.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D)."""
+        return self.model(x)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial features (B, D, h, w) for dense heads."""
+        raise NotImplementedError
+
+    def timm_spec(self) -> dict[str, Any]:
+        """What `timm.create_model(name, num_classes=0, **kwargs)` needs to rebuild this model."""
+        return {"name": self.timm_name, "kwargs": dict(self.timm_kwargs)}
+
+
+def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
+    from budgetssl.backbones.registry import FAMILIES
+
+    family = FAMILIES.get(cfg.family)
+    kwargs = family.timm_kwargs(cfg, image_size)
+    model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, **kwargs)
+    return family(model, cfg.timm_name, kwargs)

@@ -1,0 +1,1 @@
+"""Console scripts; each takes Hydra overrides (budgetssl-plot and -report take paths)."""

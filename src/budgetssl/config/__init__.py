@@ -1,0 +1,1 @@
+"""Config schema, validation and locating the config tree."""

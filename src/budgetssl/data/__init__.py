@@ -1,0 +1,1 @@
+"""Pretraining datasets: samples of image, label, caption (and mask where there is one)."""

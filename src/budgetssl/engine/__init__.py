@@ -1,0 +1,1 @@
+"""One training loop for every method and for the transfer stage."""

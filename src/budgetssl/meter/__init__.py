@@ -1,0 +1,1 @@
+"""Metering: FLOPs of a real step, budgets turned into plans, energy and CO2."""

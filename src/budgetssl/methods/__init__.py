@@ -1,0 +1,1 @@
+"""Pretraining methods: each one file (views, modules, loss) registered under its config name."""

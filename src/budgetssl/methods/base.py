@@ -1,0 +1,68 @@
+"""The interface every method implements; the engine and the meter know nothing else about it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import MethodConfig
+from budgetssl.data.info import DataInfo
+from budgetssl.engine.task import StepOutput
+
+if TYPE_CHECKING:
+    from budgetssl.config.check import RunConfig
+
+View = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Method(nn.Module):
+    """A pretraining method: its views of a sample, its modules and its loss.
+
+    - `needs`: sample fields the method reads besides the image ("label", "caption").
+    - `forward_only`: names of submodules that run forward only (EMA teachers); they get no
+      gradients and no optimizer state, and the meter counts their forward passes once.
+    - `forward(batch)` computes the loss of one step; `on_step_end(fraction)` runs after the
+      optimizer step (EMA updates), with `fraction` of the planned budget spent.
+    """
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    needs: ClassVar[frozenset[str]] = frozenset()
+    forward_only: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: MethodConfig, backbone: Backbone, data: DataInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.data = data
+
+    @classmethod
+    def check(cls, run: RunConfig) -> None:
+        """Refuse invalid combinations (e.g. a ViT-only method on a CNN) with a ConfigError."""
+
+    def views(self) -> View:
+        """The per-sample transform (run in data workers) that makes this method's inputs."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        raise NotImplementedError
+
+    def on_step_end(self, fraction: float) -> dict[str, float]:
+        """Called after each optimizer step; returns scheduled values worth logging."""
+        return {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        frozen = {id(p) for name in self.forward_only for p in getattr(self, name).parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
+
+
+def build_method(cfg: MethodConfig, backbone: Backbone, data: DataInfo) -> Method:
+    from budgetssl.methods.registry import METHODS
+
+    method = METHODS.get(cfg.name)(cfg, backbone, data)
+    for name in method.forward_only:
+        getattr(method, name).requires_grad_(False)
+    return method

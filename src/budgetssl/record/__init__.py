@@ -1,0 +1,1 @@
+"""The run folder: config, metrics, summary.json, weights."""

@@ -1,0 +1,1 @@
+"""Transfer: a segmentation head fine-tuned on a pretrained backbone, metered, scored by mIoU."""

@@ -1,0 +1,105 @@
+"""The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import TrainConfig, TransferConfig
+from budgetssl.data.loader import Viewed, endless_batches
+from budgetssl.engine.loop import LoopSettings, train
+from budgetssl.engine.seed import seed_everything
+from budgetssl.errors import ConfigError
+from budgetssl.meter.budget import plan_for_steps
+from budgetssl.record.files import write_json
+from budgetssl.record.metrics import MetricsLog
+from budgetssl.transfer.base import build_segmentation
+from budgetssl.transfer.heads import Segmenter
+from budgetssl.transfer.metrics import SegmentationScore
+from budgetssl.transfer.views import eval_view, train_view
+
+SCORES = "transfer_scores.json"
+
+
+@torch.no_grad()
+def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, ignore_index: int) -> dict[str, Any]:
+    model.eval()
+    score = SegmentationScore(num_classes, ignore_index)
+    device = next(model.parameters()).device
+    for batch in loader:
+        pred = model.logits(batch["image"].to(device)).argmax(dim=1)
+        score.update(pred, batch["mask"])
+    model.train()
+    return score.compute()
+
+
+def finetune(
+    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
+) -> dict[str, Any]:
+    """Fine-tune for `cfg.steps` metered steps and score mIoU on the validation split."""
+    seed_everything(seed)
+    train_set = build_segmentation(cfg, "train")
+    val_set = build_segmentation(cfg, "val")
+    info = train_set.info
+    model = Segmenter(backbone, cfg.head, info.num_classes, info.ignore_index, cfg.backbone_lr_scale)
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    settings = LoopSettings(
+        lr=cfg.lr,
+        final_lr_ratio=cfg.final_lr_ratio,
+        warmup_fraction=cfg.warmup_fraction,
+        weight_decay=cfg.weight_decay,
+        optimizer=train_cfg.optimizer,
+        grad_clip=train_cfg.grad_clip,
+        precision=train_cfg.precision,
+        device=train_cfg.device,
+        log_every=train_cfg.log_every,
+        progress=train_cfg.progress,
+    )
+    if cfg.batch_size > len(train_set):
+        raise ConfigError(
+            f"transfer.batch_size={cfg.batch_size} exceeds the {len(train_set)} training images of "
+            f"transfer '{cfg.name}'; lower transfer.batch_size"
+        )
+    batches = endless_batches(
+        train_set, train_view(info, cfg.image_size), cfg.batch_size, seed, train_cfg.num_workers
+    )
+    result = train(
+        model,
+        batches,
+        settings,
+        lambda fps: plan_for_steps(cfg.steps, fps),
+        MetricsLog(folder / "metrics.jsonl"),
+        label="transfer",
+    )
+    loader = DataLoader(Viewed(val_set, eval_view(info, cfg.image_size)), batch_size=cfg.eval_batch_size)
+    scores = evaluate(model, loader, info.num_classes, info.ignore_index)
+    write_json(
+        folder / SCORES,
+        {
+            "transfer": cfg.name,
+            "class_names": list(info.class_names),
+            "ignore_index": info.ignore_index,
+            "unit": "percent",
+            **scores,
+        },
+    )
+    return {
+        "miou": scores["miou"],
+        "pixel_accuracy": scores["pixel_accuracy"],
+        "transfer_scores": SCORES,
+        "transfer": cfg.name,
+        "transfer_head": cfg.head,
+        "transfer_freeze_backbone": cfg.freeze_backbone,
+        "transfer_backbone_lr_scale": cfg.backbone_lr_scale,
+        "transfer_steps": result.steps,
+        "transfer_flops_per_step": result.plan.flops_per_step,
+        "transfer_flops": result.flops,
+        "transfer_flops_breakdown": result.breakdown,
+        "transfer_final_loss": result.final_loss,
+        "transfer_wall_seconds": result.wall_seconds,
+    }

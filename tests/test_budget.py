@@ -1,0 +1,107 @@
+"""The budget: a plan of whole steps, schedules over exactly that plan, never a FLOP over."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from budgetssl.engine.loop import LoopSettings, train
+from budgetssl.engine.schedule import step_fraction, warmup_cosine
+from budgetssl.engine.task import StepOutput
+from budgetssl.errors import BudgetError
+from budgetssl.meter.budget import plan_for_budget
+from budgetssl.record.metrics import MetricsLog
+
+
+class Regression(nn.Module):
+    """The smallest real task: one linear layer (2 * 8 * 4 FLOPs per sample forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(8, 4, bias=False)
+        self.fractions: list[float] = []
+
+    def forward(self, batch):
+        return StepOutput(((self.layer(batch["x"]) - batch["y"]) ** 2).mean())
+
+    def on_step_end(self, fraction: float) -> dict[str, float]:
+        self.fractions.append(fraction)
+        return {}
+
+
+def batches(batch_size: int = 16):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 4, generator=g)
+    while True:
+        x = torch.randn(batch_size, 8, generator=g)
+        yield {"x": x, "y": x @ w}
+
+
+SETTINGS = LoopSettings(lr=0.05, final_lr_ratio=0.1, warmup_fraction=0.2, weight_decay=0.0, progress=False)
+
+
+def test_plan_is_floor_of_budget_over_step_and_exact():
+    assert plan_for_budget(1000.0, 100).steps == 10
+    assert plan_for_budget(1099.0, 100).steps == 10
+    assert plan_for_budget(3 * 0.1e12, int(0.1e12)).steps == 3  # no float rounding down
+    assert plan_for_budget(1e25, 7).steps == int(1e25) // 7
+
+
+def test_budget_below_one_step_says_how_large_a_step_is():
+    with pytest.raises(BudgetError, match=r"smaller than one training step \(1234 FLOPs"):
+        plan_for_budget(1000.0, 1234)
+
+
+@pytest.mark.parametrize("budget", [10_000.0, 12_345.0, 40_960.0])
+def test_train_spends_exactly_the_planned_steps(budget, tmp_path):
+    task = Regression()
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    settings = LoopSettings(**{**SETTINGS.__dict__, "log_every": 1})
+    result = train(task, batches(), settings, lambda fps: plan_for_budget(budget, fps), log)
+    # Forward, plus a backward that needs only the weight's gradient (the input needs none): 2x forward.
+    per_step = 2 * (2 * 16 * 8 * 4)
+    assert result.plan.flops_per_step == per_step
+    assert result.steps == result.plan.steps == int(budget // per_step)
+    assert result.flops == result.steps * per_step
+    assert result.flops <= budget < result.flops + per_step
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, result.steps + 1))
+    assert rows[-1]["flops"] == result.flops
+    # The schedule is complete whatever the budget: warm-up from the final lr, peak, and the final
+    # value exactly on the last step.
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] == pytest.approx(0.005)
+    assert max(lrs) <= 0.05 + 1e-12
+    assert lrs[-1] == pytest.approx(0.005)
+    assert task.fractions[0] == 0 and task.fractions[-1] == 1.0
+
+
+def test_loss_falls_on_a_learnable_task():
+    result = train(Regression(), batches(), SETTINGS, lambda fps: plan_for_budget(200 * fps, fps))
+    assert result.final_loss < 0.2 * result.first_loss
+
+
+def test_a_new_input_shape_is_measured_before_it_is_spent():
+    """A batch of another shape is priced on a copy first, so the budget still holds exactly."""
+    small, large = batches(16), batches(48)
+    mixed = itertools.chain(itertools.islice(small, 3), large)
+    per_small, per_large = 2 * (2 * 16 * 8 * 4), 2 * (2 * 48 * 8 * 4)
+    budget = 3 * per_small + 2 * per_large + per_large // 2
+    result = train(Regression(), mixed, SETTINGS, lambda fps: plan_for_budget(budget, fps))
+    assert result.steps == 5
+    assert result.flops == 3 * per_small + 2 * per_large
+    assert result.flops <= budget
+
+
+def test_schedule_functions():
+    assert step_fraction(0, 10) == 0.0 and step_fraction(9, 10) == 1.0
+    assert step_fraction(0, 1) == 0.0
+    assert warmup_cosine(0.0, peak=1.0, end=0.1, warmup=0.2, start=0.0) == 0.0
+    assert warmup_cosine(0.1, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(0.5)
+    assert warmup_cosine(0.2, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(1.0)
+    assert warmup_cosine(0.6, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(0.55)
+    assert warmup_cosine(1.0, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(0.1)

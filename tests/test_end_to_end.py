@@ -1,0 +1,106 @@
+"""The console scripts end to end on the synthetic data: records, budgets, weights, failures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import timm
+import torch
+
+from budgetssl.record.weights import load_backbone
+from conftest import TINY, TINY_BUDGET, cli, summary
+
+CONTRACT = {
+    "status", "method", "dataset", "backbone", "seed", "budget_flops", "flops_per_step", "steps",
+    "train_flops", "wall_seconds", "energy_kwh", "co2_kg", "co2_kg_estimated", "miou", "transfer_flops",
+    "final_loss", "convention", "total_flops", "backbone_timm", "backbone_weights",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One budgetssl-run, with codecarbon on, shared by the tests below."""
+    folder = tmp_path_factory.mktemp("run")
+    start = time.perf_counter()
+    cli(
+        "budgetssl-run",
+        *TINY,
+        TINY_BUDGET,
+        "energy.track=true",
+        "energy.measure_power_secs=1",
+        f"hydra.run.dir={folder}",
+    )
+    return folder, time.perf_counter() - start
+
+
+def test_run_record_holds_the_contract(pretrained):
+    folder, seconds = pretrained
+    record = summary(folder)
+    assert CONTRACT <= set(record), CONTRACT - set(record)
+    assert record["status"] == "completed"
+    assert record["convention"] == "fma=2"
+    assert record["train_flops"] == record["steps"] * record["flops_per_step"]
+    assert record["train_flops"] <= record["budget_flops"] < record["train_flops"] + record["flops_per_step"]
+    assert record["total_flops"] == record["train_flops"] + record["transfer_flops"]
+    assert record["transfer_flops"] == 5 * record["transfer_flops_per_step"]
+    assert 0 <= record["miou"] <= 100
+    assert record["energy_kwh"] > 0 and record["co2_kg"] > 0
+    assert record["energy_method"] in ("RAPL", "NVML", "estimate") and "codecarbon" in record["energy_detail"]
+    assert record["co2_kg_estimated"] > 0 and record["hardware_model"]["name"]
+    scores = json.loads((folder / record["transfer_scores"]).read_text())
+    assert len(scores["per_class_iou"]) == len(scores["class_names"]) == 6
+    assert (folder / ".hydra" / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"pretrain", "transfer"}
+    assert seconds < 60
+
+
+def test_weights_load_strictly_into_plain_timm(pretrained):
+    folder, _ = pretrained
+    record = summary(folder)
+    spec = record["backbone_timm"]
+    from safetensors.torch import load_file
+
+    model = timm.create_model(spec["name"], num_classes=0, **spec["kwargs"]).eval()
+    model.load_state_dict(load_file(str(folder / record["backbone_weights"])), strict=True)
+    ours = load_backbone(folder, image_size=16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), ours(x))
+
+
+def test_transfer_from_run_and_from_random_init(pretrained, tmp_path):
+    folder, _ = pretrained
+    cli("budgetssl-transfer", *TINY, f"transfer.from_run={folder}", f"hydra.run.dir={tmp_path / 'from_run'}")
+    cli("budgetssl-transfer", *TINY, f"hydra.run.dir={tmp_path / 'random'}")
+    scored, baseline = summary(tmp_path / "from_run"), summary(tmp_path / "random")
+    source = summary(folder)
+    assert scored["status"] == baseline["status"] == "completed"
+    assert scored["method"] == "supervised" and scored["train_flops"] == source["train_flops"]
+    assert scored["transfer_init"].startswith("weights:")
+    assert scored["total_flops"] == source["train_flops"] + scored["transfer_flops"]
+    assert baseline["method"] == "random_init" and baseline["train_flops"] == 0
+    assert baseline["transfer_init"] == "random"
+    assert baseline["total_flops"] == baseline["transfer_flops"] > 0
+
+
+def test_transfer_from_a_folder_without_weights_is_a_clear_error(tmp_path):
+    proc = cli(
+        "budgetssl-transfer",
+        *TINY,
+        f"transfer.from_run={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "has no backbone weights" in proc.stderr
+    assert summary(tmp_path / "out")["status"] == "failed"
+
+
+def test_pretrain_alone_writes_weights_and_no_transfer(tmp_path):
+    cli("budgetssl-pretrain", *TINY, TINY_BUDGET, f"hydra.run.dir={tmp_path}")
+    record = summary(tmp_path)
+    assert record["status"] == "completed" and "miou" not in record
+    assert (tmp_path / "backbone.safetensors").is_file()

@@ -1,0 +1,95 @@
+"""FLOP counting: reference counts, attention on CPU, the step of a real method, the fvcore cross-check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from budgetssl.backbones.backbone import build_backbone
+from budgetssl.meter.counter import PassCounter, count_forward_flops
+from conftest import cli, run_config
+
+
+def forward_flops(name: str, size: int = 224) -> int:
+    model = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    return count_forward_flops(lambda: model(torch.zeros(1, 3, size, size)))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "vit_small_patch16_224", "resnet18", "resnet50"])
+def test_forward_counts_match_reference(name, reference_flops):
+    assert forward_flops(name) == pytest.approx(reference_flops[name]["forward_flops"], rel=1e-3)
+
+
+def test_resnet50_forward_is_8_18_gflops():
+    assert forward_flops("resnet50") / 1e9 == pytest.approx(8.18, rel=0.01)
+
+
+def test_budgetssl_flops_for_vit_base_at_224(reference_flops):
+    out = cli("budgetssl-flops", "backbone=vit_base", "dataset.image_size=224", "train.batch_size=2")
+    result = json.loads(out.stdout)
+    assert result["convention"] == "fma=2"
+    assert result["batch_size"] == 2
+    assert result["flops_per_image"] / 1e9 == pytest.approx(35.13, rel=0.01)
+    # A step is forward + backward (about 2x forward) of every image: about 3x forward per image.
+    assert result["flops_per_step"] / (2 * result["flops_per_image"]) == pytest.approx(3.0, rel=0.02)
+    ref = reference_flops["vit_base_patch16_224"]["forward_backward_flops"]
+    head = result["breakdown"]["forward"]["head"] * 3  # the classifier's forward, and its 2x backward
+    assert result["flops_per_step"] - head == pytest.approx(2 * ref, rel=1e-6)
+    assert set(result["breakdown"]) >= {"forward", "backward", "optimizer"}
+    parts = result["breakdown"]["forward"]
+    assert parts["backbone"] + parts["head"] == parts["total"]
+
+
+def _unfused(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+
+
+def test_attention_counted_on_cpu_as_on_its_unfused_path():
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0)
+    x = torch.randn(2, 3, 224, 224)
+
+    def step_flops(m) -> tuple[int, int]:
+        counter = PassCounter()
+        with counter.count("forward"):
+            out = m(x).sum()
+        with counter.count("backward"):
+            out.backward()
+        return counter.passes["forward"]["total"], counter.passes["backward"]["total"]
+
+    fused = step_flops(model)
+    with FlopCounterMode(display=False) as plain:  # torch's own rules: the CPU kernel counts 0
+        model(x)
+    _unfused(model)
+    unfused = step_flops(model)
+    assert fused == unfused
+    attention = 12 * 2 * (2 * 2 * 3 * 197 * 197 * 64)  # 12 blocks, QK^T and AV, 2 images, 3 heads
+    assert fused[0] - plain.get_total_flops() == attention
+
+
+def test_fvcore_cross_check_forward():
+    """fvcore counts a multiply-add as 1 and skips fused attention: compare on the unfused path."""
+    from fvcore.nn import FlopCountAnalysis
+
+    backbone = build_backbone(run_config().backbone, 32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ours = count_forward_flops(lambda: backbone(x))
+    _unfused(backbone)
+    analysis = FlopCountAnalysis(backbone, x)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    assert ours == pytest.approx(2 * analysis.total(), rel=0.01)
+
+
+def test_supervised_step_counts_every_pass():
+    out = cli("budgetssl-flops", "dataset.image_size=16", "train.batch_size=4")
+    result = json.loads(out.stdout)
+    b = result["breakdown"]
+    assert result["flops_per_step"] == sum(p["total"] for p in b.values())
+    assert b["backward"]["total"] == pytest.approx(2 * b["forward"]["total"], rel=0.02)
+    assert result["planned_steps"] == int(result["budget_flops"] // result["flops_per_step"])
