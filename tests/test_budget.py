@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from budgetssl.engine.loop import LoopSettings, train
+from budgetssl.engine.loop import LoopSettings, NonFiniteLoss, train
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import BudgetError
@@ -105,3 +105,14 @@ def test_schedule_functions():
     assert warmup_cosine(0.2, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(1.0)
     assert warmup_cosine(0.6, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(0.55)
     assert warmup_cosine(1.0, peak=1.0, end=0.1, warmup=0.2, start=0.0) == pytest.approx(0.1)
+
+
+def test_non_finite_loss_stops_the_run_at_its_step():
+    class Exploding(Regression):
+        def forward(self, batch):
+            out = super().forward(batch)
+            return StepOutput(out.loss * (float("nan") if len(self.fractions) == 3 else 1.0))
+
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 3") as info:
+        train(Exploding(), batches(), SETTINGS, lambda fps: plan_for_budget(100 * fps, fps))
+    assert info.value.step == 3

@@ -38,7 +38,8 @@ def plot_runs(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str 
         ax.axhline(level, color="grey", linestyle="--", label=f"random init ({level:.1f})")
     ax.set_xscale("log")
     ax.set_xlabel(x.replace("_", " ") + (" (fma=2)" if "flops" in x else ""))
-    ax.set_ylabel(y.replace("_", " ") + (" (%)" if y in ("miou", "pixel_accuracy") else ""))
+    names = {"miou": "mIoU (%)", "pixel_accuracy": "pixel accuracy (%)"}
+    ax.set_ylabel(names.get(y, y.replace("_", " ")))
     ax.set_title(title or f"{y} vs {x}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -21,7 +21,9 @@ COLUMNS = [
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and (abs(value) >= 1e5 or (value != 0 and abs(value) < 1e-2)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1e5:
+        return f"{value:.3g}"
+    if isinstance(value, float) and value != 0 and abs(value) < 1e-2:
         return f"{value:.3g}"
     if isinstance(value, float):
         return f"{value:.2f}"

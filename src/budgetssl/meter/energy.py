@@ -55,8 +55,9 @@ class EnergyTracker:
     def __enter__(self) -> EnergyTracker:
         if not self.cfg.track:
             return self
-        logging.getLogger("codecarbon").setLevel(logging.ERROR)
         from codecarbon import OfflineEmissionsTracker
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)  # after import: codecarbon sets its own
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
