@@ -26,19 +26,7 @@ from budgetssl.record.weights import save_backbone
 
 
 def loop_settings(run: RunConfig) -> LoopSettings:
-    t = run.train
-    return LoopSettings(
-        lr=t.lr,
-        final_lr_ratio=t.final_lr_ratio,
-        warmup_fraction=t.warmup_fraction,
-        weight_decay=t.weight_decay,
-        optimizer=t.optimizer,
-        grad_clip=t.grad_clip,
-        precision=t.precision,
-        device=t.device,
-        log_every=t.log_every,
-        progress=t.progress,
-    )
+    return LoopSettings.from_train(run.train)
 
 
 def build(run: RunConfig) -> tuple[Method, Any]:

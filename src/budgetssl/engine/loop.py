@@ -19,6 +19,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from budgetssl.config.schema import TrainConfig
 from budgetssl.engine.precision import Precision, resolve_device
 from budgetssl.engine.progress import Progress
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
@@ -47,6 +48,21 @@ class LoopSettings:
     device: str = "auto"
     log_every: int = 10
     progress: bool = True
+
+    @classmethod
+    def from_train(cls, t: TrainConfig) -> LoopSettings:
+        return cls(
+            lr=t.lr,
+            final_lr_ratio=t.final_lr_ratio,
+            warmup_fraction=t.warmup_fraction,
+            weight_decay=t.weight_decay,
+            optimizer=t.optimizer,
+            grad_clip=t.grad_clip,
+            precision=t.precision,
+            device=t.device,
+            log_every=t.log_every,
+            progress=t.progress,
+        )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,12 @@ def finetune(
     model = Segmenter(backbone, cfg.head, info.num_classes, info.ignore_index, cfg.backbone_lr_scale)
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
-    settings = LoopSettings(
+    settings = replace(
+        LoopSettings.from_train(train_cfg),
         lr=cfg.lr,
         final_lr_ratio=cfg.final_lr_ratio,
         warmup_fraction=cfg.warmup_fraction,
         weight_decay=cfg.weight_decay,
-        optimizer=train_cfg.optimizer,
-        grad_clip=train_cfg.grad_clip,
-        precision=train_cfg.precision,
-        device=train_cfg.device,
-        log_every=train_cfg.log_every,
-        progress=train_cfg.progress,
     )
     if cfg.batch_size > len(train_set):
         raise ConfigError(
