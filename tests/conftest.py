@@ -28,6 +28,33 @@ TINY = [
     "transfer.num_train=64",
     "transfer.num_val=32",
 ]
+# CPU-sized heads, decoders and text towers for the tests (the configs hold the reference sizes).
+SMALL = {
+    "supervised": [],
+    "simclr": ["method.proj_hidden_dim=64", "method.proj_dim=32"],
+    "byol": ["method.proj_hidden_dim=64", "method.proj_dim=32", "method.pred_hidden_dim=64"],
+    "dino": [
+        "method.out_dim=256",
+        "method.hidden_dim=64",
+        "method.bottleneck_dim=32",
+        "method.local_crops=2",
+    ],
+    "mae": ["method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
+    "mae_tiny": ["method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2"],
+    "clip": [
+        "method.text_width=32",
+        "method.text_layers=1",
+        "method.text_heads=2",
+        "method.context_length=16",
+        "method.embed_dim=32",
+    ],
+}
+
+
+def small(method: str) -> list[str]:
+    return [f"method={method}", *SMALL[method]]
+
+
 # One step of the tiny config costs about 0.8 GFLOPs; this buys a handful of steps.
 TINY_BUDGET = "budget.flops=5e9"
 

@@ -11,3 +11,7 @@ class ConfigError(BudgetSSLError):
 
 class BudgetError(BudgetSSLError):
     """The FLOP budget cannot be honoured (e.g. smaller than one step)."""
+
+
+class DataError(BudgetSSLError):
+    """A data file is missing or unreadable."""

@@ -10,6 +10,8 @@ from torch import nn
 
 from budgetssl.config.schema import BackboneConfig
 
+READOUTS = ("pooled", "map", "tokens")
+
 
 class Backbone(nn.Module):
     """A timm model (num_classes=0) with the two read-outs methods and heads need.
@@ -26,12 +28,30 @@ class Backbone(nn.Module):
         self.timm_kwargs = dict(timm_kwargs)
         self.num_features: int = model.num_features
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, D)."""
-        return self.model(x)
+    def forward(
+        self, x: torch.Tensor, readout: str = "pooled", keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w) or `tokens` (B, N, D).
+
+        `keep` (B, n) lists the patch tokens to encode (masked image modelling: the encoder sees only
+        those, so it costs what it runs). Every read-out goes through this call so that the FLOP
+        meter books it under the backbone.
+        """
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+        return getattr(self, f"_{readout}")(x, keep)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial features (B, D, h, w) for dense heads."""
+        return self(x, readout="map")
+
+    def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _map(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
     def timm_spec(self) -> dict[str, Any]:

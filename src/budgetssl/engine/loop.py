@@ -1,8 +1,8 @@
 """The one training loop: metered first step, a plan from the budget, schedules over that plan.
 
-The loop knows no method: a task is an nn.Module whose forward(batch) returns a StepOutput and
-whose optional on_step_end(fraction) runs after each optimizer step. Trainable parameters are the
-ones with requires_grad.
+The loop knows no method: a task is an nn.Module whose forward(batch) returns a StepOutput; its
+optional on_step_start(fraction) runs before the forward, on_step_end(fraction) after the update.
+Trainable parameters are the ones with requires_grad.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ class Trainer:
     def step(self, batch: dict[str, Any], counter: PassCounter | None, fraction: float):
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler
+        scheduled = self.task.on_step_start(fraction) if hasattr(self.task, "on_step_start") else {}
         with count("forward", self.task), self.precision.autocast():
             out = self.task(batch)
         with count("backward"):
@@ -118,7 +119,7 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        logs = dict(out.logs)
+        logs = {**scheduled, **out.logs}
         if hasattr(self.task, "on_step_end"):
             with count("after_step"):
                 logs.update(self.task.on_step_end(fraction))

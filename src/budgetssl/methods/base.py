@@ -25,8 +25,12 @@ class Method(nn.Module):
     - `needs`: sample fields the method reads besides the image ("label", "caption").
     - `forward_only`: names of submodules that run forward only (EMA teachers); they get no
       gradients and no optimizer state, and the meter counts their forward passes once.
-    - `forward(batch)` computes the loss of one step; `on_step_end(fraction)` runs after the
-      optimizer step (EMA updates), with `fraction` of the planned budget spent.
+    - `on_step_start(fraction)` sets scheduled values (temperatures, momenta) for the step about
+      to run; `forward(batch)` computes its loss; `on_step_end(fraction)` runs after the optimizer
+      step (EMA updates). `fraction` is the share of the planned budget spent: 0 on the first
+      step, 1 on the last, so every budget gets a complete schedule.
+    - State that a resumed run needs (EMA teachers, centres, the current scheduled values) lives
+      in parameters and buffers, so it is part of `state_dict()` and of every checkpoint.
     """
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
@@ -49,6 +53,10 @@ class Method(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         raise NotImplementedError
+
+    def on_step_start(self, fraction: float) -> dict[str, float]:
+        """Called before each step's forward; returns scheduled values worth logging."""
+        return {}
 
     def on_step_end(self, fraction: float) -> dict[str, float]:
         """Called after each optimizer step; returns scheduled values worth logging."""

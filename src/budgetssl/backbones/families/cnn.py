@@ -27,5 +27,18 @@ class CNNBackbone(Backbone):
     def timm_kwargs(cfg: BackboneConfig, image_size: int) -> dict[str, Any]:
         return dict(cfg.kwargs)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _no_keep(keep: torch.Tensor | None) -> None:
+        if keep is not None:
+            raise ConfigError("a CNN cannot encode a subset of patches; masking needs a ViT backbone")
+
+    def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        self._no_keep(keep)
+        return self.model(x)
+
+    def _map(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        self._no_keep(keep)
         return self.model.forward_features(x)
+
+    def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return self._map(x, keep).flatten(2).transpose(1, 2)

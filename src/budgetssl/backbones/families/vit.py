@@ -1,4 +1,9 @@
-"""Vision Transformers (timm VisionTransformer): patch tokens reshaped into a feature map."""
+"""Vision Transformers (timm VisionTransformer): patch tokens reshaped into a feature map.
+
+Built with `dynamic_img_size=True`, so one model takes crops of several sizes (DINO's local crops,
+transfer at another resolution) by resampling its position embedding; at the configured size that
+is a no-op.
+"""
 
 from __future__ import annotations
 
@@ -35,9 +40,25 @@ class ViTBackbone(Backbone):
 
     @staticmethod
     def timm_kwargs(cfg: BackboneConfig, image_size: int) -> dict[str, Any]:
-        return {**cfg.kwargs, "img_size": image_size, "patch_size": cfg.patch_size}
+        return {"dynamic_img_size": True, **cfg.kwargs, "img_size": image_size, "patch_size": cfg.patch_size}
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.model.forward_features(x)[:, self.num_prefix_tokens :]
+    def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """All tokens (prefix first) after the final norm; with `keep`, only the kept patches."""
+        m = self.model
+        if keep is None:
+            return m.forward_features(x)
+        tokens = m._pos_embed(m.patch_embed(x))  # position embedding added before masking, as in MAE
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
+        patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        tokens = m.norm_pre(m.patch_drop(torch.cat([prefix, patches], dim=1)))
+        return m.norm(m.blocks(tokens))
+
+    def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return self.model.forward_head(self._tokens(x, keep))
+
+    def _map(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        if keep is not None:
+            raise ValueError("a feature map needs every patch; call with readout='tokens' to mask")
+        tokens = self._tokens(x, None)[:, self.num_prefix_tokens :]
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)

@@ -1,0 +1,35 @@
+"""What contrastive losses need across ranks: all samples' embeddings, with gradients back to each rank.
+
+Outside torch.distributed (one process) these are identities, so a loss reads the same either way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank along dim 0, rank order; gradients flow back to each rank's part."""
+    _, size = world()
+    if size == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Average of `x` over ranks (no gradient): DINO's centre must be the same on every rank."""
+    _, size = world()
+    if size == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / size

@@ -1,0 +1,88 @@
+"""BYOL (Grill et al., 2020, "Bootstrap Your Own Latent").
+
+An online network (backbone, projector, predictor) regresses the projection of a target network that
+trails it by EMA; the momentum rises from `base_momentum` to 1 on a cosine over the budget. The loss
+is symmetric: each view's prediction regresses the other view's target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import MethodConfig
+from budgetssl.data.info import DataInfo
+from budgetssl.engine.task import StepOutput
+from budgetssl.errors import ConfigError
+from budgetssl.methods.augment import MultiView, ssl_crop
+from budgetssl.methods.base import Method
+from budgetssl.methods.ema import EmaTeacher
+from budgetssl.methods.heads import mlp
+from budgetssl.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from budgetssl.config.check import RunConfig
+
+
+@dataclass
+class BYOLConfig(MethodConfig):
+    base_momentum: float = 0.996
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    crop_scale_min: float = 0.08
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, z) per pair, averaged: the normalised MSE of BYOL. The target gets no gradient."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Symmetrised: view 1's prediction against view 2's target, and the reverse."""
+    return regression_loss(p1, z2) + regression_loss(p2, z1)
+
+
+@METHODS.register("byol")
+class BYOL(Method):
+    config_class = BYOLConfig
+    forward_only = ("teacher",)
+
+    def __init__(self, cfg: BYOLConfig, backbone: Backbone, data: DataInfo) -> None:
+        super().__init__(cfg, backbone, data)
+        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.teacher = EmaTeacher({"backbone": backbone, "projector": self.projector}, cfg.base_momentum)
+
+    @classmethod
+    def check(cls, run: RunConfig) -> None:
+        cfg = run.method
+        if not 0 <= cfg.base_momentum <= 1:
+            raise ConfigError(f"method.base_momentum must be in [0, 1], got {cfg.base_momentum}")
+        if not 0 < cfg.crop_scale_min <= 1:
+            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+
+    def views(self) -> MultiView:
+        size, scale = self.data.image_size, (self.cfg.crop_scale_min, 1.0)
+        first = ssl_crop(self.data, size, scale, blur_p=1.0)
+        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2)
+        return MultiView({"views": [first, second]})
+
+    def on_step_start(self, fraction: float) -> dict[str, float]:
+        return {"momentum": self.teacher.schedule(fraction)}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        views = batch["views"]
+        b = views.shape[0]
+        x = views.transpose(0, 1).flatten(0, 1)
+        p = self.predictor(self.projector(self.backbone(x)))
+        z = self.teacher(x)
+        return StepOutput(byol_loss(p[:b], p[b:], z[:b], z[b:]))
+
+    def on_step_end(self, fraction: float) -> dict[str, float]:
+        self.teacher.update({"backbone": self.backbone, "projector": self.projector})
+        return {}

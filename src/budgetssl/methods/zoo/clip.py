@@ -1,0 +1,124 @@
+"""CLIP (Radford et al., 2021, "Learning Transferable Visual Models From Natural Language Supervision").
+
+The backbone is the image tower; a small causal text transformer (open_clip's) is the text tower;
+both project to a shared space where a symmetric InfoNCE loss with a learnable temperature (logit
+scale clamped at 100, as in the reference) pairs each image with its caption among all of the batch,
+gathered across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import TextTransformer
+from torch import nn
+from torchvision.transforms import v2
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import MethodConfig
+from budgetssl.data.info import DataInfo
+from budgetssl.engine.task import StepOutput
+from budgetssl.errors import ConfigError
+from budgetssl.methods.augment import to_normalized
+from budgetssl.methods.base import Method
+from budgetssl.methods.captions import CAPTION_SOURCES, CaptionView
+from budgetssl.methods.distributed import gather, world
+from budgetssl.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from budgetssl.config.check import RunConfig
+
+VOCAB_SIZE = 49408  # open_clip's bundled BPE vocabulary
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class CLIPConfig(MethodConfig):
+    embed_dim: int = 512
+    text_width: int = 384  # MiniLM-sized text tower (12 layers, 384 wide), as in the study
+    text_layers: int = 12
+    text_heads: int = 12
+    context_length: int = 77
+    init_temperature: float = 0.07
+    captions: str = "auto"  # auto: captions if the dataset has them, else pseudo-captions from labels
+    crop_scale_min: float = 0.9
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: this rank's images against every rank's texts, and its texts against every
+    rank's images; the positive of item i is its own pair."""
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    rank, _ = world()
+    scale = logit_scale.exp()
+    targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
+    image_logits = scale * image @ gather(text).T
+    text_logits = scale * text @ gather(image).T
+    return (F.cross_entropy(image_logits, targets) + F.cross_entropy(text_logits, targets)) / 2
+
+
+@METHODS.register("clip")
+class CLIP(Method):
+    config_class = CLIPConfig
+
+    def __init__(self, cfg: CLIPConfig, backbone: Backbone, data: DataInfo) -> None:
+        super().__init__(cfg, backbone, data)
+        self.image_proj = nn.Linear(backbone.num_features, cfg.embed_dim, bias=False)
+        self.text = TextTransformer(
+            context_length=cfg.context_length,
+            vocab_size=VOCAB_SIZE,
+            width=cfg.text_width,
+            heads=cfg.text_heads,
+            layers=cfg.text_layers,
+            output_dim=cfg.embed_dim,
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+
+    @classmethod
+    def check(cls, run: RunConfig) -> None:
+        from budgetssl.data.registry import DATASETS
+
+        cfg = run.method
+        if cfg.captions not in CAPTION_SOURCES:
+            raise ConfigError(f"method.captions must be one of {CAPTION_SOURCES}, got '{cfg.captions}'")
+        provides = DATASETS.get(run.dataset.name).provides
+        usable = {"auto": {"caption", "label"}, "caption": {"caption"}, "label": {"label"}}[cfg.captions]
+        if not usable & provides:
+            raise ConfigError(
+                f"method 'clip' with method.captions={cfg.captions} needs {' or '.join(sorted(usable))} from "
+                f"its data, but dataset '{run.dataset.name}' provides only {', '.join(sorted(provides))}; "
+                f"pick a dataset with captions or labels"
+            )
+        if cfg.text_width % cfg.text_heads:
+            raise ConfigError(
+                f"method.text_width={cfg.text_width} must be divisible by method.text_heads={cfg.text_heads}"
+            )
+        if min(cfg.embed_dim, cfg.text_layers, cfg.context_length) < 1:
+            raise ConfigError("method.embed_dim, method.text_layers and method.context_length must be >= 1")
+        if not 0 < cfg.init_temperature <= 1:
+            raise ConfigError(f"method.init_temperature must be in (0, 1], got {cfg.init_temperature}")
+
+    def views(self) -> CaptionView:
+        crop = v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    self.data.image_size, scale=(self.cfg.crop_scale_min, 1.0), antialias=True
+                ),
+                *to_normalized(self.data),
+            ]
+        )
+        return CaptionView(crop, self.data.class_names, self.cfg.captions, self.cfg.context_length)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        image = self.image_proj(self.backbone(batch["image"]))
+        text = self.text(batch["tokens"])
+        loss = clip_loss(image, text, self.logit_scale)
+        return StepOutput(loss, {"temperature": float(1 / self.logit_scale.detach().exp())})
+
+    def on_step_end(self, fraction: float) -> dict[str, float]:
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return {}

@@ -1,0 +1,148 @@
+"""MAE (He et al., 2021, "Masked Autoencoders Are Scalable Vision Learners").
+
+A random `mask_ratio` of patch tokens is dropped per image; the ViT encoder runs on the visible ones
+only, and a light transformer decoder, given mask tokens at the dropped positions, reconstructs the
+(per-patch normalised) pixels of the masked patches. `mae_tiny` is the study's cheaper variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import MethodConfig
+from budgetssl.data.info import DataInfo
+from budgetssl.engine.task import StepOutput
+from budgetssl.errors import ConfigError
+from budgetssl.methods.augment import SingleView, random_crop_flip
+from budgetssl.methods.base import Method
+from budgetssl.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from budgetssl.config.check import RunConfig
+
+
+@dataclass
+class MAEConfig(MethodConfig):
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True
+    crop_scale_min: float = 0.2
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, patch*patch*C), patches in the ViT's row-major token order."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def random_masking(batch: int, tokens: int, ratio: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-image random subsets: (kept indices (B, n_keep), restore order (B, N), mask (B, N), 1 = masked)."""
+    keep_count = visible_tokens(tokens, ratio)
+    shuffle = torch.rand(batch, tokens, device=device).argsort(dim=1)
+    restore = shuffle.argsort(dim=1)
+    mask = torch.ones(batch, tokens, device=device)
+    mask[:, :keep_count] = 0
+    return shuffle[:, :keep_count], restore, torch.gather(mask, 1, restore)
+
+
+def visible_tokens(tokens: int, ratio: float) -> int:
+    return int(tokens * (1 - ratio))
+
+
+def reconstruction_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool
+) -> torch.Tensor:
+    """Mean squared error on masked patches only; with `norm_pix`, targets normalised per patch."""
+    if norm_pix:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = ((pred - target) ** 2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+class MAEDecoder(nn.Module):
+    """Encoder tokens + mask tokens, unshuffled, with fixed 2-D sin-cos positions -> pixels per patch."""
+
+    def __init__(self, cfg: MAEConfig, encoder_dim: int, grid: int, patch: int, prefix: int) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.embed = nn.Linear(encoder_dim, cfg.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+        pos = build_sincos2d_pos_embed([grid, grid], cfg.decoder_dim)
+        self.register_buffer(
+            "pos", torch.cat([torch.zeros(prefix, cfg.decoder_dim), pos]).unsqueeze(0), persistent=False
+        )
+        self.blocks = nn.Sequential(
+            *[Block(cfg.decoder_dim, cfg.decoder_heads, qkv_bias=True) for _ in range(cfg.decoder_depth)]
+        )
+        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.pred = nn.Linear(cfg.decoder_dim, patch * patch * 3)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        prefix, visible = x[:, : self.prefix], x[:, self.prefix :]
+        hidden = self.mask_token.expand(x.shape[0], restore.shape[1] - visible.shape[1], -1)
+        patches = torch.cat([visible, hidden], dim=1)
+        patches = torch.gather(patches, 1, restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = self.norm(self.blocks(torch.cat([prefix, patches], dim=1) + self.pos))
+        return self.pred(x)[:, self.prefix :]
+
+
+@METHODS.register("mae")
+@METHODS.register("mae_tiny")
+class MAE(Method):
+    config_class = MAEConfig
+
+    def __init__(self, cfg: MAEConfig, backbone: Backbone, data: DataInfo) -> None:
+        super().__init__(cfg, backbone, data)
+        self.patch = backbone.patch_size
+        self.grid = data.image_size // self.patch
+        self.decoder = MAEDecoder(
+            cfg, backbone.num_features, self.grid, self.patch, backbone.num_prefix_tokens
+        )
+
+    @classmethod
+    def check(cls, run: RunConfig) -> None:
+        cfg = run.method
+        if run.backbone.family != "vit":
+            raise ConfigError(
+                f"method '{cfg.name}' masks patch tokens and needs a ViT backbone, but backbone "
+                f"'{run.backbone.name}' is a {run.backbone.family}; pick backbone=vit_base (or another vit_*)"
+            )
+        tokens = (run.dataset.image_size // run.backbone.patch_size) ** 2
+        if not 0 <= cfg.mask_ratio < 1 or not 0 < visible_tokens(tokens, cfg.mask_ratio) < tokens:
+            visible = visible_tokens(tokens, cfg.mask_ratio)
+            raise ConfigError(
+                f"method.mask_ratio={cfg.mask_ratio} leaves {visible} of {tokens} patches visible; "
+                f"it must mask some and keep at least one (0.75 is the reference)"
+            )
+        if cfg.decoder_depth < 1 or cfg.decoder_dim < 1 or cfg.decoder_dim % cfg.decoder_heads:
+            raise ConfigError(
+                "method.decoder_depth and method.decoder_dim must be >= 1, with decoder_dim divisible by "
+                f"decoder_heads (got {cfg.decoder_depth}, {cfg.decoder_dim}, {cfg.decoder_heads})"
+            )
+        if not 0 < cfg.crop_scale_min <= 1:
+            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+
+    def views(self) -> SingleView:
+        return SingleView(random_crop_flip(self.data, self.data.image_size, (self.cfg.crop_scale_min, 1.0)))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        images = batch["image"]
+        keep, restore, mask = random_masking(
+            images.shape[0], self.grid * self.grid, self.cfg.mask_ratio, images.device
+        )
+        pred = self.decoder(self.backbone(images, readout="tokens", keep=keep), restore)
+        loss = reconstruction_loss(pred, patchify(images, self.patch), mask, self.cfg.norm_pix_loss)
+        return StepOutput(loss)

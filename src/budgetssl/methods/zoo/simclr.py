@@ -1,0 +1,91 @@
+"""SimCLR (Chen et al., 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
+
+Two views per image, a projection MLP, and the NT-Xent loss with every other view of the (global,
+cross-rank) batch as a negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from budgetssl.backbones.backbone import Backbone
+from budgetssl.config.schema import MethodConfig
+from budgetssl.data.info import DataInfo
+from budgetssl.engine.task import StepOutput
+from budgetssl.errors import ConfigError
+from budgetssl.methods.augment import MultiView, ssl_crop
+from budgetssl.methods.base import Method
+from budgetssl.methods.distributed import gather, world
+from budgetssl.methods.heads import mlp
+from budgetssl.methods.registry import METHODS
+
+if TYPE_CHECKING:
+    from budgetssl.config.check import RunConfig
+
+
+@dataclass
+class SimCLRConfig(MethodConfig):
+    temperature: float = 0.1
+    proj_hidden_dim: int = 2048
+    proj_dim: int = 128
+    crop_scale_min: float = 0.08
+    color_strength: float = 1.0
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over both views: each view's positive is its twin, negatives every other view of the
+    batch gathered across ranks. Anchors are this rank's views; the loss is their mean."""
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    rank, _ = world()
+    n = z1.shape[0]
+    candidates = torch.cat([gather(z1), gather(z2)])  # (2nW, d): all first views, then all second
+    total = candidates.shape[0] // 2
+    anchors = torch.cat([z1, z2])
+    logits = anchors @ candidates.T / temperature
+    own = rank * n + torch.arange(n, device=z1.device)
+    self_index = torch.cat([own, own + total])
+    positive = torch.cat([own + total, own])
+    rows = torch.arange(2 * n, device=z1.device)
+    logits[rows, self_index] = float("-inf")
+    return F.cross_entropy(logits, positive)
+
+
+@METHODS.register("simclr")
+class SimCLR(Method):
+    config_class = SimCLRConfig
+
+    def __init__(self, cfg: SimCLRConfig, backbone: Backbone, data: DataInfo) -> None:
+        super().__init__(cfg, backbone, data)
+        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+
+    @classmethod
+    def check(cls, run: RunConfig) -> None:
+        cfg = run.method
+        if cfg.temperature <= 0:
+            raise ConfigError(f"method.temperature must be > 0, got {cfg.temperature}")
+        if not 0 < cfg.crop_scale_min <= 1:
+            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+        if cfg.color_strength < 0:
+            raise ConfigError(f"method.color_strength must be >= 0, got {cfg.color_strength}")
+
+    def views(self) -> MultiView:
+        s = self.cfg.color_strength
+        crop = ssl_crop(
+            self.data,
+            self.data.image_size,
+            (self.cfg.crop_scale_min, 1.0),
+            jitter=(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)),
+            blur_p=0.5,
+        )
+        return MultiView({"views": [crop, crop]})
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
+        views = batch["views"]  # (B, 2, C, H, W): both views through the backbone together
+        b = views.shape[0]
+        z = self.projector(self.backbone(views.transpose(0, 1).flatten(0, 1)))
+        loss = nt_xent(z[:b], z[b:], self.cfg.temperature)
+        return StepOutput(loss)

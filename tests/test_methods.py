@@ -1,0 +1,237 @@
+"""The five self-supervised and language-supervised methods: schedules, EMA, state, views, bad input,
+and each one end to end through budgetssl-run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from budgetssl.errors import BudgetSSLError, ConfigError
+from budgetssl.methods.captions import CaptionView, pseudo_caption
+from budgetssl.methods.ema import EmaTeacher, momentum_at
+from budgetssl.methods.zoo.dino import teacher_temp_at
+from budgetssl.pretrain import build, loop_settings
+from conftest import TINY, cli, run_config, small, summary
+
+NEW = ["simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
+PARTS = {
+    "simclr": {"backbone", "projector"},
+    "byol": {"backbone", "projector", "predictor", "teacher"},
+    "dino": {"backbone", "head", "teacher"},
+    "mae": {"backbone", "decoder"},
+    "mae_tiny": {"backbone", "decoder"},
+    "clip": {"backbone", "image_proj", "text"},
+}
+
+
+@pytest.mark.parametrize("method", NEW)
+def test_method_runs_end_to_end_within_its_budget_and_its_loss_falls(method, tmp_path):
+    cli(
+        "budgetssl-run",
+        *TINY,
+        *small(method),
+        "budget.flops=2e10",
+        "train.log_every=1",
+        f"hydra.run.dir={tmp_path}",
+    )
+    record = summary(tmp_path)
+    assert record["status"] == "completed" and record["method"] == method
+    assert record["train_flops"] <= record["budget_flops"] < record["train_flops"] + record["flops_per_step"]
+    assert record["steps"] == record["planned_steps"] >= 6
+    assert set(record["flops_breakdown"]["forward"]) - {"total"} == PARTS[method]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["stage"] == "pretrain"]
+    k = max(3, len(losses) // 5)
+    assert sum(losses[-k:]) / k < 0.9 * sum(losses[:k]) / k, losses
+    assert 0 <= record["miou"] <= 100
+    last = rows[len(losses) - 1]
+    if method in ("byol", "dino"):
+        assert rows[0]["momentum"] == pytest.approx(0.996) and last["momentum"] == pytest.approx(1.0)
+    if method == "dino":
+        assert rows[0]["teacher_temp"] == pytest.approx(0.04) and last["teacher_temp"] == pytest.approx(0.07)
+
+
+def test_momentum_and_teacher_temperature_follow_their_schedules():
+    assert momentum_at(0.0, 0.996) == pytest.approx(0.996)
+    assert momentum_at(0.5, 0.996) == pytest.approx(0.998)
+    assert momentum_at(1.0, 0.996) == pytest.approx(1.0)
+    assert teacher_temp_at(0.0, 0.04, 0.07, 0.2) == pytest.approx(0.04)
+    assert teacher_temp_at(0.1, 0.04, 0.07, 0.2) == pytest.approx(0.055)
+    assert teacher_temp_at(0.2, 0.04, 0.07, 0.2) == pytest.approx(0.07)
+    assert teacher_temp_at(0.9, 0.04, 0.07, 0.2) == pytest.approx(0.07)
+    assert teacher_temp_at(0.0, 0.04, 0.07, 0.0) == pytest.approx(0.07)
+
+
+def test_ema_teacher_trails_the_student_by_its_momentum():
+    student = torch.nn.Linear(3, 2)
+    teacher = EmaTeacher({"net": student}, base_momentum=0.9)
+    before = teacher.parts["net"].weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update({"net": student})
+    assert torch.allclose(teacher.parts["net"].weight, 0.9 * before + 0.1 * student.weight)
+    teacher.schedule(1.0)  # momentum 1 at the end of the budget: the teacher stops moving
+    frozen = teacher.parts["net"].weight.clone()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update({"net": student})
+    assert torch.equal(teacher.parts["net"].weight, frozen)
+
+
+def one_step(method_name: str, *extra: str):
+    from budgetssl.engine.loop import Trainer, to_device
+
+    run = run_config(*TINY, *small(method_name), *extra)
+    method, batches = build(run)
+    trainer = Trainer(method, loop_settings(run))
+    method.train()
+    trainer.step(to_device(next(batches), trainer.device), None, fraction=0.3)
+    return method, trainer
+
+
+@pytest.mark.parametrize("method_name", ["byol", "dino"])
+def test_nothing_trains_the_teacher_and_the_optimizer_never_sees_it(method_name):
+    torch.manual_seed(0)
+    method, trainer = one_step(method_name)
+    teacher = list(method.teacher.parameters())
+    assert teacher and all(p.grad is None and not p.requires_grad for p in teacher)
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in teacher}
+    assert all(id(p) in optimized for p in method.backbone.parameters())
+    # After one step at fraction 0.3 the teacher moved towards the student, not onto it.
+    m = momentum_at(0.3, 0.996)
+    assert float(method.teacher.momentum) == pytest.approx(m)
+    t, s = method.teacher.parts["backbone"].model.pos_embed, method.backbone.model.pos_embed
+    assert not torch.equal(t, s)
+
+
+@pytest.mark.parametrize("method_name", ["byol", "dino", "clip"])
+def test_schedules_and_ema_state_travel_in_the_state_dict(method_name):
+    torch.manual_seed(0)
+    trained, _ = one_step(method_name)
+    state = trained.state_dict()
+    fresh, _ = (lambda r: (build(r)[0], r))(run_config(*TINY, *small(method_name)))
+    fresh.load_state_dict(state, strict=True)
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    if method_name in ("byol", "dino"):
+        assert any(k.startswith("teacher.parts.backbone.") for k in state)
+        assert float(state["teacher.momentum"]) == pytest.approx(momentum_at(0.3, 0.996))
+    if method_name == "dino":
+        assert float(state["teacher_temp"]) == pytest.approx(teacher_temp_at(0.3, 0.04, 0.07, 0.125))
+        assert state["center"].abs().sum() > 0  # the centre moved from zero with the teacher's outputs
+    if method_name == "clip":
+        assert "logit_scale" in state
+
+
+def test_clip_temperature_is_clamped_after_each_step():
+    method, _ = one_step("clip")
+    with torch.no_grad():
+        method.logit_scale.fill_(10.0)
+    method.on_step_end(0.5)
+    assert float(method.logit_scale.detach()) == pytest.approx(math.log(100))
+
+
+def test_masked_encoding_of_every_patch_in_order_equals_the_full_encoder():
+    run = run_config(*TINY, *small("mae"))
+    method, _ = build(run)
+    backbone = method.backbone.eval()
+    x = torch.randn(2, 3, 16, 16)
+    every = torch.arange(16).expand(2, 16)
+    assert torch.allclose(backbone(x, readout="tokens", keep=every), backbone(x, readout="tokens"), atol=1e-5)
+    few = torch.tensor([[0, 5, 9, 15], [3, 4, 8, 12]])
+    assert backbone(x, readout="tokens", keep=few).shape == (2, 1 + 4, 96)
+
+
+def test_captions_pseudo_captions_and_tokens():
+    assert pseudo_caption(["circle"]) == "This is a photo of circle"
+    assert pseudo_caption(["circle", "ring"]) == "This is a photo of circle and ring"
+    names = ("circle", "square", "ring")
+    image = torch.zeros(3, 8, 8, dtype=torch.uint8)
+    view = CaptionView(lambda im: im.float(), names, "auto", context_length=12)
+    assert view.text({"image": image, "label": 0, "caption": "a red ring"}) == "a red ring"
+    assert view.text({"image": image, "label": [0, 2]}) == "This is a photo of circle and ring"
+    several = {view.text({"image": image, "caption": ["one", "two", "three"]}) for _ in range(40)}
+    assert several == {"one", "two", "three"}  # COCO-style: one of the image's captions per visit
+    by_label = CaptionView(lambda im: im.float(), names, "label", context_length=12)
+    assert by_label.text({"image": image, "label": 1, "caption": "a red ring"}) == "This is a photo of square"
+    out = view({"image": image, "label": 1, "caption": "a red ring and a blue circle"})
+    tokens = out["tokens"]
+    assert tokens.shape == (12,) and tokens.dtype == torch.long
+    assert tokens[0] == 49406 and 49407 in tokens.tolist()  # start and end of text from the BPE vocabulary
+
+
+def write_images(folder, count: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        sub = folder / f"part{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(sub / f"img{i}.png")
+
+
+def test_self_supervised_pretraining_on_a_folder_of_unlabelled_images(tmp_path):
+    write_images(tmp_path / "images")
+    cli(
+        "budgetssl-pretrain",
+        "dataset=image_folder",
+        f"dataset.root={tmp_path / 'images'}",
+        *(o for o in TINY if not o.startswith("dataset.num_train")),
+        *small("simclr"),
+        "budget.flops=5e9",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    record = summary(tmp_path / "run")
+    assert record["status"] == "completed" and record["dataset"] == "image_folder" and record["steps"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["backbone=resnet18", "method=mae"], "needs a ViT backbone"),
+        (["method=mae", "method.mask_ratio=1.0"], "must mask some and keep at least one"),
+        (["method=dino", "method.global_crops=0"], "method.global_crops must be >= 1"),
+        (["method=dino", "method.local_crop_size=6"], "not a multiple of backbone.patch_size=4"),
+        (["method=dino", "method.local_crop_size=64"], "must be in (0, dataset.image_size=16]"),
+        (["method=clip", "method.captions=alt_text"], "method.captions must be one of"),
+        (["method=clip", "method.text_width=30", "method.text_heads=4"], "divisible by method.text_heads"),
+        (["method=simclr", "method.temperature=0"], "method.temperature must be > 0"),
+        (["method=byol", "method.base_momentum=1.5"], "method.base_momentum must be in [0, 1]"),
+    ],
+)
+def test_invalid_method_settings_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(ConfigError, match=None) as info:
+        run_config(*TINY, *overrides)
+    assert message in str(info.value)
+
+
+def test_clip_on_images_without_captions_or_labels_is_refused(tmp_path):
+    write_images(tmp_path, 2)
+    with pytest.raises(ConfigError) as info:
+        run_config("dataset=image_folder", f"dataset.root={tmp_path}", "method=clip")
+    assert "needs caption or label" in str(info.value) and "image_folder" in str(info.value)
+
+
+def test_mae_on_a_resnet_exits_non_zero_with_a_failed_record(tmp_path):
+    proc = cli(
+        "budgetssl-run", *TINY, "backbone=resnet18", "method=mae", f"hydra.run.dir={tmp_path}", check=False
+    )
+    assert proc.returncode == 2
+    assert "needs a ViT backbone" in proc.stderr and "backbone=vit_base" in proc.stderr
+    assert summary(tmp_path)["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [(lambda p: None, "is not a folder"), (lambda p: p.mkdir(), "holds no images")],
+)
+def test_image_folder_layout_errors(tmp_path, setup, message):
+    root = tmp_path / "images"
+    setup(root)
+    with pytest.raises(BudgetSSLError) as info:
+        build(run_config("dataset=image_folder", f"dataset.root={root}", "method=simclr"))
+    assert message in str(info.value) and str(root) in str(info.value)
