@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ def plot_runs(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str 
         level = sum(baselines) / len(baselines)
         ax.axhline(level, color="grey", linestyle="--", label=f"random init ({level:.1f})")
     ax.set_xscale("log")
+    xs = [p[0] for points in lines.values() for p in points]
+    if xs and max(xs) / min(xs) < 10:  # widen to whole decades, or the axis labels only minor ticks
+        ax.set_xlim(10 ** math.floor(math.log10(min(xs))), 10 ** math.ceil(math.log10(max(xs)) + 1e-9))
     ax.set_xlabel(x.replace("_", " ") + (" (fma=2)" if "flops" in x else ""))
     names = {"miou": "mIoU (%)", "pixel_accuracy": "pixel accuracy (%)"}
     ax.set_ylabel(names.get(y, y.replace("_", " ")))

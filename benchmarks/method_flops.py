@@ -1,0 +1,54 @@
+"""Print each method's metered FLOPs per training step, relative to supervised, with its breakdown.
+
+usage: python benchmarks/method_flops.py [--methods-file FILE] [OVERRIDE ...]
+e.g.   python benchmarks/method_flops.py backbone=vit_base dataset.image_size=224 train.batch_size=2
+       python benchmarks/method_flops.py --methods-file scripts/demo_methods.txt   (the demo's config)
+
+Without --methods-file every method runs with its config's reference sizes. One real step of each
+method runs under the meter (on CPU this takes a few seconds per method even for ViT-B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from budgetssl.cli.flops import measure
+
+METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
+
+
+def read_methods(path: Path) -> dict[str, list[str]]:
+    entries = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, *overrides = line.split()
+            entries[name] = overrides
+    return entries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--methods-file", type=Path)
+    args, overrides = parser.parse_known_args()
+    methods = read_methods(args.methods_file) if args.methods_file else {m: [] for m in METHODS}
+    rows = []
+    for name, extra in methods.items():
+        result = measure([*overrides, "energy.track=false", f"method={name}", *extra])
+        parts = {k: v for k, v in result["breakdown"]["forward"].items() if k != "total"}
+        rows.append({"method": name, "flops_per_step": result["flops_per_step"], "forward_parts": parts})
+        print(f"measured {name}", flush=True)
+    base = next((r["flops_per_step"] for r in rows if r["method"] == "supervised"), None)
+    print(f"\n{'method':<11} {'GFLOPs/step':>12} {'x supervised':>13}  forward by part (GFLOPs)")
+    for r in rows:
+        ratio = f"{r['flops_per_step'] / base:.3f}" if base else "-"
+        parts = ", ".join(f"{k} {v / 1e9:.3f}" for k, v in r["forward_parts"].items())
+        print(f"{r['method']:<11} {r['flops_per_step'] / 1e9:>12.3f} {ratio:>13}  {parts}")
+    print("\n" + json.dumps({"overrides": overrides, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Contrastive losses across ranks (gloo, 2 processes on CPU): the same loss and gradients as one
+process holding the whole batch, so negatives really come from every rank."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from budgetssl.methods.zoo.clip import clip_loss
+from budgetssl.methods.zoo.simclr import nt_xent
+
+WORLD, PER_RANK, DIM = 2, 3, 8
+
+
+def inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(WORLD * PER_RANK, DIM, generator=g), torch.randn(WORLD * PER_RANK, DIM, generator=g)
+
+
+def losses(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"nt_xent": nt_xent(a, b, 0.2), "clip": clip_loss(a, b, torch.tensor(math.log(1 / 0.07)))}
+
+
+def worker(rank: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        a, b = (x[rank * PER_RANK : (rank + 1) * PER_RANK] for x in inputs())
+        out = {}
+        for name in ("nt_xent", "clip"):
+            la, lb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            loss = losses(la, lb)[name]
+            loss.backward()
+            out[name] = (loss.detach(), la.grad, lb.grad)
+        torch.save(out, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.spawn(worker, args=(free_port(), str(folder)), nprocs=WORLD, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", ["nt_xent", "clip"])
+def test_loss_across_ranks_equals_the_single_process_loss_and_gradients(ranks, name):
+    a, b = (x.clone().requires_grad_(True) for x in inputs())
+    whole = losses(a, b)[name]
+    whole.backward()
+    # DDP averages gradients over ranks: the mean of the ranks' losses and gradients is what counts.
+    assert float(sum(r[name][0] for r in ranks) / WORLD) == pytest.approx(float(whole.detach()), rel=1e-5)
+    grad_a = torch.cat([r[name][1] for r in ranks]) / WORLD
+    grad_b = torch.cat([r[name][2] for r in ranks]) / WORLD
+    assert torch.allclose(grad_a, a.grad, atol=1e-6) and torch.allclose(grad_b, b.grad, atol=1e-6)
+    # Each rank's own loss differs from the whole: its anchors differ, its negatives are global.
+    assert not math.isclose(float(ranks[0][name][0]), float(ranks[1][name][0]), rel_tol=1e-4)
