@@ -10,7 +10,8 @@ from torch import nn
 
 from budgetssl.config.schema import BackboneConfig
 
-READOUTS = ("pooled", "map", "tokens")
+READOUTS = ("pooled", "map", "tokens", "levels")
+LEVELS = 4  # feature maps a multi-level head reads
 
 
 class Backbone(nn.Module):
@@ -31,7 +32,8 @@ class Backbone(nn.Module):
     def forward(
         self, x: torch.Tensor, readout: str = "pooled", keep: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w) or `tokens` (B, N, D).
+        """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w), `tokens` (B, N, D) or `levels`
+        (a list of LEVELS feature maps from several depths, shallow to deep, for multi-level heads).
 
         `keep` (B, n) lists the patch tokens to encode (masked image modelling: the encoder sees only
         those, so it costs what it runs). Every read-out goes through this call so that the FLOP
@@ -52,6 +54,9 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _levels(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def timm_spec(self) -> dict[str, Any]:

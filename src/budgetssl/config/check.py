@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+HEADS = ("linear", "multilevel")
 
 
 @dataclass
@@ -137,7 +138,22 @@ def _check_values(run: RunConfig) -> None:
         _require(getattr(h, key) > 0, f"energy.hardware.{key} must be > 0, got {getattr(h, key)}")
     _require(0 < h.utilization <= 1, f"energy.hardware.utilization must be in (0, 1], got {h.utilization}")
     tr = run.transfer
-    _require(tr.steps >= 1, f"transfer.steps must be >= 1, got {tr.steps}")
+    _require(
+        (tr.steps is None) != (tr.flops is None),
+        "set exactly one transfer budget: transfer.steps=<int> or transfer.flops=<float> "
+        f"with the other null (got steps={tr.steps}, flops={tr.flops})",
+    )
+    _require(tr.steps is None or tr.steps >= 1, f"transfer.steps must be >= 1, got {tr.steps}")
+    _require(tr.flops is None or tr.flops > 0, f"transfer.flops must be > 0, got {tr.flops}")
+    _require(tr.head in HEADS, f"transfer.head must be one of {HEADS}, got '{tr.head}'")
+    _require(
+        tr.layer_decay is None or 0 < tr.layer_decay <= 1,
+        f"transfer.layer_decay must be in (0, 1] or null, got {tr.layer_decay}",
+    )
+    _require(
+        not (tr.layer_decay is not None and tr.freeze_backbone),
+        "transfer.layer_decay has no effect with transfer.freeze_backbone=true; set one of them",
+    )
     _require(tr.batch_size >= 1, f"transfer.batch_size must be >= 1, got {tr.batch_size}")
     _require(tr.lr > 0, f"transfer.lr must be > 0, got {tr.lr}")
     _require(

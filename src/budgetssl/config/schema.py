@@ -82,9 +82,11 @@ class TransferConfig:
     root: str | None = None
     from_run: str | None = None  # a pretraining run folder; null = backbone from this run or random init
     image_size: int = 32
-    head: str = "linear"
+    head: str = "linear"  # linear (1x1 conv on the last map) | multilevel (FPN-style, several depths)
     freeze_backbone: bool = False
-    steps: int = 100
+    layer_decay: float | None = None  # layer-wise lr decay for the backbone (e.g. 0.65); null = off
+    steps: int | None = 100  # the transfer budget in steps ...
+    flops: float | None = None  # ... or in FLOPs (set steps=null), metered like pretraining
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the head's

@@ -22,16 +22,21 @@ class Plan:
         return self.steps * self.flops_per_step
 
 
-def plan_for_budget(budget_flops: float, flops_per_step: int) -> Plan:
+def plan_for_budget(
+    budget_flops: float,
+    flops_per_step: int,
+    option: str = "budget.flops",
+    batch_option: str = "train.batch_size",
+) -> Plan:
     """floor(budget / flops_per_step) steps; exact (no float rounding), and never zero."""
     if flops_per_step <= 0:
         raise BudgetError(f"a training step measured {flops_per_step} FLOPs; nothing to meter")
     steps = floor(Fraction(budget_flops) / flops_per_step)
     if steps < 1:
         raise BudgetError(
-            f"budget.flops={budget_flops:.4g} is smaller than one training step "
-            f"({flops_per_step:.4g} FLOPs at this batch size and resolution); raise budget.flops to at "
-            f"least {flops_per_step:.4g} or lower train.batch_size"
+            f"{option}={budget_flops:.4g} is smaller than one training step "
+            f"({flops_per_step:.4g} FLOPs at this batch size and resolution); raise {option} to at "
+            f"least {flops_per_step:.4g} or lower {batch_option}"
         )
     return Plan(budget_flops=budget_flops, flops_per_step=flops_per_step, steps=steps)
 

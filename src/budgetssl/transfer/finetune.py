@@ -15,7 +15,7 @@ from budgetssl.data.loader import Viewed, endless_batches
 from budgetssl.engine.loop import LoopSettings, train
 from budgetssl.engine.seed import seed_everything
 from budgetssl.errors import ConfigError
-from budgetssl.meter.budget import plan_for_steps
+from budgetssl.meter.budget import plan_for_budget, plan_for_steps
 from budgetssl.record.files import write_json
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.transfer.base import build_segmentation
@@ -41,12 +41,20 @@ def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, ignore_inde
 def finetune(
     cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
 ) -> dict[str, Any]:
-    """Fine-tune for `cfg.steps` metered steps and score mIoU on the validation split."""
+    """Fine-tune for `cfg.steps` steps or until `cfg.flops` are spent, then score the validation split."""
     seed_everything(seed)
     train_set = build_segmentation(cfg, "train")
     val_set = build_segmentation(cfg, "val")
     info = train_set.info
-    model = Segmenter(backbone, cfg.head, info.num_classes, info.ignore_index, cfg.backbone_lr_scale)
+    model = Segmenter(
+        backbone,
+        cfg.head,
+        info.num_classes,
+        info.ignore_index,
+        cfg.backbone_lr_scale,
+        image_size=cfg.image_size,
+        layer_decay=cfg.layer_decay,
+    )
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
     settings = replace(
@@ -68,7 +76,11 @@ def finetune(
         model,
         batches,
         settings,
-        lambda fps: plan_for_steps(cfg.steps, fps),
+        lambda fps: (
+            plan_for_steps(cfg.steps, fps)
+            if cfg.steps
+            else plan_for_budget(cfg.flops, fps, "transfer.flops", "transfer.batch_size")
+        ),
         MetricsLog(folder / "metrics.jsonl"),
         label="transfer",
     )
@@ -92,6 +104,8 @@ def finetune(
         "transfer_head": cfg.head,
         "transfer_freeze_backbone": cfg.freeze_backbone,
         "transfer_backbone_lr_scale": cfg.backbone_lr_scale,
+        "transfer_layer_decay": cfg.layer_decay,
+        "transfer_budget_flops": cfg.flops,
         "transfer_steps": result.steps,
         "transfer_flops_per_step": result.plan.flops_per_step,
         "transfer_flops": result.flops,

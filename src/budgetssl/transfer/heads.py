@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.optim import param_groups_weight_decay
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from budgetssl.backbones.backbone import Backbone
@@ -24,7 +24,50 @@ class LinearHead(nn.Module):
         return self.classify(self.norm(features))
 
 
-HEADS = {"linear": LinearHead}
+class MultiLevelHead(nn.Module):
+    """A light FPN-style decoder: each level projected to `dim`, upsampled to the finest level,
+    concatenated, fused by a 3x3 convolution and classified per pixel."""
+
+    def __init__(self, channels: list[int], num_classes: int, dim: int = 128) -> None:
+        super().__init__()
+        self.project = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+                for c in channels
+            ]
+        )
+        self.fuse = nn.Sequential(
+            nn.Conv2d(dim * len(channels), dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+        )
+        self.classify = nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        size = max((f.shape[-2:] for f in levels), key=lambda s: s[0] * s[1])
+        maps = [
+            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
+            if f.shape[-2:] != size
+            else p(f)
+            for p, f in zip(self.project, levels, strict=True)
+        ]
+        return self.classify(self.fuse(torch.cat(maps, dim=1)))
+
+
+HEADS = {"linear": LinearHead, "multilevel": MultiLevelHead}
+READOUT = {"linear": "map", "multilevel": "levels"}
+
+
+def level_channels(backbone: Backbone, image_size: int) -> list[int]:
+    """Channels of each level, from one dry forward pass in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            levels = backbone(torch.zeros(1, 3, image_size, image_size), readout="levels")
+    finally:
+        backbone.train(was_training)
+    return [f.shape[1] for f in levels]
 
 
 class Segmenter(nn.Module):
@@ -37,26 +80,43 @@ class Segmenter(nn.Module):
         num_classes: int,
         ignore_index: int,
         backbone_lr_scale: float = 1.0,
+        image_size: int = 32,
+        layer_decay: float | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ConfigError(f"unknown transfer.head '{head}'; valid choices: {', '.join(HEADS)}")
         self.backbone = backbone
-        self.head = HEADS[head](backbone.num_features, num_classes)
+        if head == "multilevel":
+            self.head = MultiLevelHead(level_channels(backbone, image_size), num_classes)
+        else:
+            self.head = LinearHead(backbone.num_features, num_classes)
+        self.readout = READOUT[head]
         self.ignore_index = ignore_index
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_decay = layer_decay
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Weight decay off for norms and biases (timm's rule); the backbone at a scaled learning rate."""
+        """Weight decay off for norms and biases (timm's rule); the backbone at a scaled learning rate,
+        and with `layer_decay` each backbone layer at decay^(layers above it) of that (timm's rule)."""
+        if self.layer_decay is None:
+            backbone_groups = param_groups_weight_decay(self.backbone.model, weight_decay)
+        else:
+            backbone_groups = param_groups_layer_decay(
+                self.backbone.model, weight_decay, layer_decay=self.layer_decay
+            )
         groups = []
-        for module, scale in ((self.backbone, self.backbone_lr_scale), (self.head, 1.0)):
-            for group in param_groups_weight_decay(module, weight_decay):
-                if group["params"]:
-                    groups.append({**group, "lr_scale": scale})
+        for group in backbone_groups:
+            scale = group.get("lr_scale", 1.0) * self.backbone_lr_scale
+            if group["params"]:
+                groups.append({**group, "lr_scale": scale})
+        for group in param_groups_weight_decay(self.head, weight_decay):
+            if group["params"]:
+                groups.append({**group, "lr_scale": 1.0})
         return groups
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.backbone.feature_map(image))
+        out = self.head(self.backbone(image, readout=self.readout))
         return F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from budgetssl.backbones.backbone import Backbone
+from budgetssl.backbones.backbone import LEVELS, Backbone
 from budgetssl.backbones.registry import FAMILIES
 from budgetssl.config.schema import BackboneConfig
 from budgetssl.errors import ConfigError
@@ -39,6 +39,11 @@ class CNNBackbone(Backbone):
     def _map(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         self._no_keep(keep)
         return self.model.forward_features(x)
+
+    def _levels(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
+        """The last LEVELS stages' outputs: a feature pyramid from stride 4 (ResNets) to 32."""
+        self._no_keep(keep)
+        return self.model.forward_intermediates(x, intermediates_only=True)[-LEVELS:]
 
     def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return self._map(x, keep).flatten(2).transpose(1, 2)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from budgetssl.backbones.backbone import Backbone
+from budgetssl.backbones.backbone import LEVELS, Backbone
 from budgetssl.backbones.registry import FAMILIES
 from budgetssl.config.schema import BackboneConfig
 from budgetssl.errors import ConfigError
@@ -55,6 +55,16 @@ class ViTBackbone(Backbone):
 
     def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return self.model.forward_head(self._tokens(x, keep))
+
+    def _levels(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
+        """Patch tokens after LEVELS evenly spaced blocks (the last included), as maps of one stride."""
+        if keep is not None:
+            raise ValueError("multi-level maps need every patch")
+        depth = len(self.model.blocks)
+        indices = sorted({max(0, depth * (i + 1) // LEVELS - 1) for i in range(LEVELS)})
+        return self.model.forward_intermediates(
+            x, indices=indices, output_fmt="NCHW", intermediates_only=True
+        )
 
     def _map(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         if keep is not None:

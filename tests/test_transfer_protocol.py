@@ -1,0 +1,94 @@
+"""The transfer protocol's options: heads, frozen backbone, layer-wise lr decay, a FLOP budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from budgetssl.backbones.backbone import build_backbone
+from budgetssl.engine.loop import LoopSettings, Trainer
+from budgetssl.errors import ConfigError
+from budgetssl.transfer.heads import Segmenter
+from conftest import TINY, cli, run_config, summary
+
+
+def segmenter(backbone: str, size: int, head: str, **kwargs) -> Segmenter:
+    run = run_config(*TINY, f"backbone={backbone}", f"dataset.image_size={size}")
+    torch.manual_seed(0)
+    return Segmenter(build_backbone(run.backbone, size), head, 6, 255, image_size=size, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "strides"), [("vit_nano", 16, [4, 4, 4, 4]), ("resnet18", 32, [4, 8, 16, 32])]
+)
+def test_multilevel_head_reads_four_depths_and_predicts_every_pixel(backbone, size, strides):
+    model = segmenter(backbone, size, "multilevel")
+    x = torch.randn(2, 3, size, size)
+    levels = model.backbone(x, readout="levels")
+    assert [size // f.shape[-1] for f in levels] == strides
+    assert model.logits(x).shape == (2, 6, size, size)
+
+
+def test_layer_decay_scales_each_vit_block_by_its_depth():
+    model = segmenter("vit_nano", 16, "linear", backbone_lr_scale=0.5, layer_decay=0.6)
+    scale = {}
+    for group in model.param_groups(0.05):
+        for p in group["params"]:
+            scale[id(p)] = group["lr_scale"]
+    vit = model.backbone.model
+    depth = len(vit.blocks)
+    blocks = [scale[id(block.attn.qkv.weight)] for block in vit.blocks]
+    # Each block learns 0.6x as fast as the one above it; the embeddings one step slower still.
+    for lower, upper in zip(blocks, blocks[1:], strict=False):
+        assert lower == pytest.approx(0.6 * upper)
+    assert scale[id(vit.pos_embed)] == pytest.approx(0.6 * blocks[0])
+    assert blocks[-1] <= 0.5 and blocks[0] == pytest.approx(blocks[-1] * 0.6 ** (depth - 1))
+    assert scale[id(model.head.classify.weight)] == 1.0
+
+
+def test_frozen_backbone_gets_no_gradient_and_no_optimizer_state():
+    model = segmenter("vit_nano", 16, "linear")
+    model.backbone.requires_grad_(False)
+    trainer = Trainer(
+        model, LoopSettings(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.05)
+    )
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    batch = {"image": torch.randn(4, 3, 16, 16), "mask": torch.randint(0, 6, (4, 16, 16))}
+    trainer.step(batch, None, 0.0)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not optimized & {id(p) for p in model.backbone.parameters()}
+
+
+def test_transfer_budget_in_flops_with_the_multilevel_head(tmp_path):
+    cli(
+        "budgetssl-transfer",
+        *TINY,
+        "transfer.head=multilevel",
+        "transfer.steps=null",
+        "transfer.flops=3e9",
+        f"hydra.run.dir={tmp_path}",
+    )
+    r = summary(tmp_path)
+    assert r["status"] == "completed" and r["transfer_head"] == "multilevel"
+    per_step = r["transfer_flops_per_step"]
+    assert r["transfer_flops"] <= 3e9 < r["transfer_flops"] + per_step
+    assert r["transfer_steps"] == 3e9 // per_step and r["total_flops"] == r["transfer_flops"]
+    assert set(r["transfer_flops_breakdown"]["forward"]) >= {"backbone", "head"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["transfer.flops=1e9"], "set exactly one transfer budget"),
+        (["transfer.steps=null"], "set exactly one transfer budget"),
+        (["transfer.head=upernet"], "transfer.head must be one of"),
+        (["transfer.layer_decay=1.5"], "transfer.layer_decay must be in (0, 1]"),
+        (["transfer.layer_decay=0.65", "transfer.freeze_backbone=true"], "has no effect"),
+    ],
+)
+def test_bad_transfer_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        run_config(*TINY, *overrides)
+    assert message in str(info.value)
