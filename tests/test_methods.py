@@ -115,7 +115,7 @@ def test_schedules_and_ema_state_travel_in_the_state_dict(method_name):
     torch.manual_seed(0)
     trained, _ = one_step(method_name)
     state = trained.state_dict()
-    fresh, _ = (lambda r: (build(r)[0], r))(run_config(*TINY, *small(method_name)))
+    fresh, _ = build(run_config(*TINY, *small(method_name)))
     fresh.load_state_dict(state, strict=True)
     for key, value in state.items():
         assert torch.equal(fresh.state_dict()[key], value), key

@@ -23,7 +23,6 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
-HEADS = ("linear", "multilevel")
 
 
 @dataclass
@@ -145,7 +144,9 @@ def _check_values(run: RunConfig) -> None:
     )
     _require(tr.steps is None or tr.steps >= 1, f"transfer.steps must be >= 1, got {tr.steps}")
     _require(tr.flops is None or tr.flops > 0, f"transfer.flops must be > 0, got {tr.flops}")
-    _require(tr.head in HEADS, f"transfer.head must be one of {HEADS}, got '{tr.head}'")
+    from budgetssl.transfer.heads import HEADS
+
+    _require(tr.head in HEADS, f"transfer.head must be one of {tuple(HEADS)}, got '{tr.head}'")
     _require(
         tr.layer_decay is None or 0 < tr.layer_decay <= 1,
         f"transfer.layer_decay must be in (0, 1] or null, got {tr.layer_decay}",

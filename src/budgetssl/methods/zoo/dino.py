@@ -163,7 +163,7 @@ class DINO(Method):
         return {"teacher_temp": temp, "momentum": self.teacher.schedule(fraction)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
-        student, teacher = [], []
+        student = []
         global_crops = batch["global"].transpose(0, 1)  # (G, B, C, H, W)
         x = global_crops.flatten(0, 1)
         student += self.head(self.backbone(x)).chunk(global_crops.shape[0])
@@ -171,8 +171,13 @@ class DINO(Method):
             local_crops = batch["local"].transpose(0, 1)
             student += self.head(self.backbone(local_crops.flatten(0, 1))).chunk(local_crops.shape[0])
         t = self.teacher(x)
-        teacher = list(t.chunk(global_crops.shape[0]))
-        loss = dino_loss(student, teacher, self.center, self.cfg.student_temp, float(self.teacher_temp))
+        loss = dino_loss(
+            student,
+            list(t.chunk(global_crops.shape[0])),
+            self.center,
+            self.cfg.student_temp,
+            float(self.teacher_temp),
+        )
         self.update_center(t)
         return StepOutput(loss)
 
