@@ -12,15 +12,10 @@ def to_normalized(data: DataInfo) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
 
 
-def random_crop_flip(data: DataInfo, size: int, scale: tuple[float, float]) -> v2.Compose:
-    """The classification recipe: random resized crop and horizontal flip."""
-    return v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            *to_normalized(data),
-        ]
-    )
+def random_crop_flip(data: DataInfo, size: int, scale: tuple[float, float], flip: bool = True) -> v2.Compose:
+    """The classification recipe: random resized crop and (unless `flip` is off) horizontal flip."""
+    flips = [v2.RandomHorizontalFlip()] if flip else []
+    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), *flips, *to_normalized(data)])
 
 
 def blur_kernel(size: int) -> int:

@@ -15,6 +15,12 @@ from budgetssl.errors import ConfigError
 class LinearHead(nn.Module):
     """A 1x1 convolution on the feature map: the cheap linear probe of dense features."""
 
+    readout = "map"
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, num_classes: int, image_size: int) -> LinearHead:
+        return cls(backbone.num_features, num_classes)
+
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(in_channels)
@@ -27,6 +33,12 @@ class LinearHead(nn.Module):
 class MultiLevelHead(nn.Module):
     """A light FPN-style decoder: each level projected to `dim`, upsampled to the finest level,
     concatenated, fused by a 3x3 convolution and classified per pixel."""
+
+    readout = "levels"
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, num_classes: int, image_size: int) -> MultiLevelHead:
+        return cls(level_channels(backbone, image_size), num_classes)
 
     def __init__(self, channels: list[int], num_classes: int, dim: int = 128) -> None:
         super().__init__()
@@ -45,17 +57,9 @@ class MultiLevelHead(nn.Module):
 
     def forward(self, levels: list[torch.Tensor]) -> torch.Tensor:
         size = max((f.shape[-2:] for f in levels), key=lambda s: s[0] * s[1])
-        maps = [
-            F.interpolate(p(f), size=size, mode="bilinear", align_corners=False)
-            if f.shape[-2:] != size
-            else p(f)
-            for p, f in zip(self.project, levels, strict=True)
-        ]
+        maps = [project(f) for project, f in zip(self.project, levels, strict=True)]
+        maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear") for m in maps]
         return self.classify(self.fuse(torch.cat(maps, dim=1)))
-
-
-HEADS = {"linear": LinearHead, "multilevel": MultiLevelHead}
-READOUT = {"linear": "map", "multilevel": "levels"}
 
 
 def level_channels(backbone: Backbone, image_size: int) -> list[int]:
@@ -68,6 +72,9 @@ def level_channels(backbone: Backbone, image_size: int) -> list[int]:
     finally:
         backbone.train(was_training)
     return [f.shape[1] for f in levels]
+
+
+HEADS = {"linear": LinearHead, "multilevel": MultiLevelHead}
 
 
 class Segmenter(nn.Module):
@@ -87,11 +94,8 @@ class Segmenter(nn.Module):
         if head not in HEADS:
             raise ConfigError(f"unknown transfer.head '{head}'; valid choices: {', '.join(HEADS)}")
         self.backbone = backbone
-        if head == "multilevel":
-            self.head = MultiLevelHead(level_channels(backbone, image_size), num_classes)
-        else:
-            self.head = LinearHead(backbone.num_features, num_classes)
-        self.readout = READOUT[head]
+        self.head = HEADS[head].for_backbone(backbone, num_classes, image_size)
+        self.readout = HEADS[head].readout
         self.ignore_index = ignore_index
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay

@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import TextTransformer
 from torch import nn
-from torchvision.transforms import v2
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import to_normalized
+from budgetssl.methods.augment import random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.captions import CAPTION_SOURCES, CaptionView
 from budgetssl.methods.distributed import gather, world
@@ -102,14 +101,10 @@ class CLIP(Method):
             raise ConfigError(f"method.init_temperature must be in (0, 1], got {cfg.init_temperature}")
 
     def views(self) -> CaptionView:
-        crop = v2.Compose(
-            [
-                v2.RandomResizedCrop(
-                    self.data.image_size, scale=(self.cfg.crop_scale_min, 1.0), antialias=True
-                ),
-                *to_normalized(self.data),
-            ]
-        )
+        scale = (self.cfg.crop_scale_min, 1.0)
+        crop = random_crop_flip(
+            self.data, self.data.image_size, scale, flip=False
+        )  # captions may say left/right
         return CaptionView(crop, self.data.class_names, self.cfg.captions, self.cfg.context_length)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
