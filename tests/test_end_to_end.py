@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
+from budgetssl.errors import BudgetSSLError
 from budgetssl.record.weights import load_backbone
 from conftest import TINY, TINY_BUDGET, cli, summary
 
@@ -61,8 +64,6 @@ def test_weights_load_strictly_into_plain_timm(pretrained):
     folder, _ = pretrained
     record = summary(folder)
     spec = record["backbone_timm"]
-    from safetensors.torch import load_file
-
     model = timm.create_model(spec["name"], num_classes=0, **spec["kwargs"]).eval()
     model.load_state_dict(load_file(str(folder / record["backbone_weights"])), strict=True)
     ours = load_backbone(folder, image_size=16).eval()
@@ -104,3 +105,74 @@ def test_pretrain_alone_writes_weights_and_no_transfer(tmp_path):
     record = summary(tmp_path)
     assert record["status"] == "completed" and "miou" not in record
     assert (tmp_path / "backbone.safetensors").is_file()
+
+
+def test_transfer_from_the_bare_weights_file_keeps_the_pretraining_cost(pretrained, tmp_path):
+    folder, _ = pretrained
+    file = tmp_path / "moved.safetensors"
+    shutil.copy(folder / "backbone.safetensors", file)  # the file alone, away from its run folder
+    cli("budgetssl-transfer", *TINY, f"transfer.from_run={file}", f"hydra.run.dir={tmp_path / 'out'}")
+    r, source = summary(tmp_path / "out"), summary(folder)
+    assert r["status"] == "completed" and r["transfer_init"] == f"weights:{file.resolve()}"
+    assert (r["method"], r["backbone"], r["train_flops"]) == ("supervised", "vit_nano", source["train_flops"])
+    assert r["total_flops"] == source["train_flops"] + r["transfer_flops"]
+
+
+def timm_file(tmp_path, name: str, **kwargs) -> str:
+    """A state dict saved from a plain timm model, as a timm user would: no budgetssl metadata."""
+    model = timm.create_model(name, **kwargs)
+    path = tmp_path / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def test_transfer_from_a_plain_timm_state_dict_with_its_classifier(pretrained, tmp_path):
+    folder, _ = pretrained
+    spec = summary(folder)["backbone_timm"]
+    file = timm_file(tmp_path, spec["name"], num_classes=10, **spec["kwargs"])  # head.* is dropped
+    cli("budgetssl-transfer", *TINY, f"transfer.from_run={file}", f"hydra.run.dir={tmp_path / 'out'}")
+    r = summary(tmp_path / "out")
+    assert r["status"] == "completed" and r["method"] == "external" and r["backbone"] == "vit_nano"
+    assert r["train_flops"] is None and r["total_flops"] is None and r["transfer_flops"] > 0
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        # A bare file of another architecture, loaded into the configured backbone=vit_nano.
+        (lambda p: timm_file(p, "resnet18", num_classes=0), "set backbone=<name> to the architecture"),
+        # A file that is not safetensors at all.
+        (
+            lambda p: (p / "w.safetensors").write_text("not weights") and str(p / "w.safetensors"),
+            "cannot read",
+        ),
+    ],
+)
+def test_transfer_from_weights_that_do_not_fit_is_a_clear_error(tmp_path, make, message):
+    file = make(tmp_path)
+    proc = cli(
+        "budgetssl-transfer",
+        *TINY,
+        f"transfer.from_run={file}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and str(file) in proc.stderr
+    record = summary(tmp_path / "out")
+    assert record["status"] == "failed" and message in record["error"]
+
+
+def test_weights_naming_their_architecture_but_holding_another_are_refused(pretrained, tmp_path):
+    folder, _ = pretrained
+    state = load_file(str(folder / "backbone.safetensors"))
+    with safe_open(str(folder / "backbone.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    state["blocks.0.attn.qkv.weight"] = state["blocks.0.attn.qkv.weight"][:, :8].contiguous()
+    del state["fc_norm.bias"]
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
+    with pytest.raises(BudgetSSLError) as info:
+        load_backbone(tmp_path / "bad.safetensors", image_size=16)
+    text = str(info.value)
+    assert "do not fit the architecture vit_tiny_patch16_224" in text
+    assert "1 missing (e.g. fc_norm.bias)" in text and "blocks.0.attn.qkv.weight: file (288, 8)" in text

@@ -86,6 +86,8 @@ def test_transfer_budget_in_flops_with_the_multilevel_head(tmp_path):
         (["transfer.head=upernet"], "transfer.head must be one of"),
         (["transfer.layer_decay=1.5"], "transfer.layer_decay must be in (0, 1]"),
         (["transfer.layer_decay=0.65", "transfer.freeze_backbone=true"], "has no effect"),
+        (["transfer.eval_mode=tiles"], "transfer.eval_mode must be one of"),
+        (["transfer.eval_mode=slide", "transfer.eval_stride=17"], "transfer.eval_stride must be in [1, "),
     ],
 )
 def test_bad_transfer_settings_are_refused(overrides, message):

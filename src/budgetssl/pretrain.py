@@ -79,7 +79,11 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
             label="pretrain",
         )
     backbone = method.backbone
-    weights = save_backbone(backbone, folder)
+    weights = save_backbone(
+        backbone,
+        folder,
+        {**identity(run), "steps": result.steps, "train_flops": result.flops, "convention": CONVENTION},
+    )
     reading = energy.reading
     return backbone, {
         **identity(run),

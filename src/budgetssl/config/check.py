@@ -161,3 +161,13 @@ def _check_values(run: RunConfig) -> None:
         tr.backbone_lr_scale >= 0, f"transfer.backbone_lr_scale must be >= 0, got {tr.backbone_lr_scale}"
     )
     _require(tr.image_size >= 8, f"transfer.image_size must be >= 8, got {tr.image_size}")
+    from budgetssl.transfer.evaluate import EVAL_MODES
+
+    _require(
+        tr.eval_mode in EVAL_MODES, f"transfer.eval_mode must be one of {EVAL_MODES}, got '{tr.eval_mode}'"
+    )
+    _require(
+        tr.eval_stride is None or 1 <= tr.eval_stride <= tr.image_size,
+        f"transfer.eval_stride must be in [1, transfer.image_size={tr.image_size}] or null, "
+        f"got {tr.eval_stride}",
+    )

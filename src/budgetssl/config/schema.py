@@ -94,3 +94,5 @@ class TransferConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     eval_batch_size: int = 64
+    eval_mode: str = "resize"  # resize (score at image_size) | slide (windows of image_size, full resolution)
+    eval_stride: int | None = None  # slide mode's stride; null = 2/3 of a window

@@ -6,7 +6,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
 from budgetssl.backbones.backbone import Backbone
@@ -18,24 +17,34 @@ from budgetssl.errors import ConfigError
 from budgetssl.meter.budget import plan_for_budget, plan_for_steps
 from budgetssl.record.files import write_json
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.transfer.base import build_segmentation
+from budgetssl.transfer.base import SegmentationDataset, build_segmentation
+from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
-from budgetssl.transfer.metrics import SegmentationScore
-from budgetssl.transfer.views import eval_view, train_view
+from budgetssl.transfer.views import eval_view, full_view, train_view
 
 SCORES = "transfer_scores.json"
 
 
-@torch.no_grad()
-def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, ignore_index: int) -> dict[str, Any]:
-    model.eval()
-    score = SegmentationScore(num_classes, ignore_index)
-    device = next(model.parameters()).device
-    for batch in loader:
-        pred = model.logits(batch["image"].to(device)).argmax(dim=1)
-        score.update(pred, batch["mask"])
-    model.train()
-    return score.compute()
+def eval_stride(cfg: TransferConfig) -> int:
+    """The sliding-window stride: as configured, else two thirds of a window (mmsegmentation's 341/512)."""
+    return cfg.eval_stride or max(1, cfg.image_size * 2 // 3)
+
+
+def score(cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset) -> dict[str, Any]:
+    info = val_set.info
+    if cfg.eval_mode == "slide":
+        loader = DataLoader(Viewed(val_set, full_view(info)), batch_size=1)
+    else:
+        loader = DataLoader(Viewed(val_set, eval_view(info, cfg.image_size)), batch_size=cfg.eval_batch_size)
+    return evaluate(
+        model,
+        loader,
+        info.num_classes,
+        info.ignore_index,
+        cfg.eval_mode,
+        window=cfg.image_size,
+        stride=eval_stride(cfg),
+    )
 
 
 def finetune(
@@ -84,8 +93,7 @@ def finetune(
         MetricsLog(folder / "metrics.jsonl"),
         label="transfer",
     )
-    loader = DataLoader(Viewed(val_set, eval_view(info, cfg.image_size)), batch_size=cfg.eval_batch_size)
-    scores = evaluate(model, loader, info.num_classes, info.ignore_index)
+    scores = score(cfg, model, val_set)
     write_json(
         folder / SCORES,
         {
@@ -93,6 +101,7 @@ def finetune(
             "class_names": list(info.class_names),
             "ignore_index": info.ignore_index,
             "unit": "percent",
+            "eval_mode": cfg.eval_mode,
             **scores,
         },
     )
@@ -106,6 +115,8 @@ def finetune(
         "transfer_backbone_lr_scale": cfg.backbone_lr_scale,
         "transfer_layer_decay": cfg.layer_decay,
         "transfer_budget_flops": cfg.flops,
+        "transfer_eval_mode": cfg.eval_mode,
+        "transfer_eval_stride": eval_stride(cfg) if cfg.eval_mode == "slide" else None,
         "transfer_steps": result.steps,
         "transfer_flops_per_step": result.plan.flops_per_step,
         "transfer_flops": result.flops,

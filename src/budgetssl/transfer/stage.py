@@ -20,7 +20,7 @@ def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> 
         init = "pretrained"
     elif t.from_run:
         source = Path(t.from_run).expanduser()
-        backbone = load_backbone(source, t.image_size)
+        backbone = load_backbone(source, t.image_size, fallback=run.backbone)
         init = f"weights:{weights_file(source).resolve()}"
     else:
         seed_everything(run.seed)

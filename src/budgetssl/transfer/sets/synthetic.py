@@ -23,6 +23,7 @@ class SyntheticSegConfig(TransferConfig):
     num_train: int = 1000
     num_val: int = 256
     max_objects: int = 3
+    val_image_size: int | None = None  # validation scenes' full resolution; null = image_size
 
 
 @TRANSFERS.register("synthetic")
@@ -37,6 +38,9 @@ class SyntheticSegmentation(SegmentationDataset):
         self.cfg = cfg
         self.split = f"transfer_{split}"
         self.length = cfg.num_train if split == "train" else cfg.num_val
+        self.size = cfg.image_size if split == "train" else cfg.val_image_size or cfg.image_size
+        if self.size < 8:
+            raise ConfigError(f"transfer.val_image_size must be >= 8, got {self.size}")
         if self.length < 1:
             raise ConfigError(f"transfer 'synthetic' split '{split}' is empty: set transfer.num_{split} >= 1")
         self.info = SegInfo(
@@ -49,5 +53,5 @@ class SyntheticSegmentation(SegmentationDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        s = to_sample(scene(self.cfg.data_seed, self.split, index, self.cfg.image_size, self.cfg.max_objects))
+        s = to_sample(scene(self.cfg.data_seed, self.split, index, self.size, self.cfg.max_objects))
         return {"image": s["image"], "mask": s["mask"]}
