@@ -2,6 +2,7 @@
 
 Layout: `dataset.root` holding image files (.jpg, .jpeg, .png, .webp, .bmp) directly or in sub-folders;
 folder names are not read as labels, so label- or caption-based methods are refused at config time.
+The file index is cached (dataset.cache_dir), so a large tree is walked once.
 """
 
 from __future__ import annotations
@@ -9,33 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torchvision import tv_tensors
-from torchvision.io import ImageReadMode, decode_image
-
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.base import PretrainDataset, Sample
+from budgetssl.data.corrupt import load_or_skip
+from budgetssl.data.decode import EXTENSIONS, read_image
+from budgetssl.data.index_cache import cache_folder, list_files
 from budgetssl.data.info import DataInfo
 from budgetssl.data.registry import DATASETS
-from budgetssl.errors import ConfigError, DataError
-
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from budgetssl.errors import ConfigError
 
 
 @dataclass
 class ImageFolderConfig(DatasetConfig):
-    pass
-
-
-def list_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-
-
-def read_image(path: Path) -> torch.Tensor:
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"cannot decode image {path}: {e}; remove or replace the file") from None
+    skip_corrupt: bool = False  # true: skip unreadable images (counted in summary.json: data_skipped)
+    cache_dir: str | None = None  # where the file index is cached; null = ~/.cache/budgetssl/index
 
 
 @DATASETS.register("image_folder")
@@ -49,15 +37,22 @@ class ImageFolder(PretrainDataset):
         root = Path(cfg.root).expanduser()
         if not root.is_dir():
             raise ConfigError(f"dataset.root={root} is not a folder; point it at a folder of images")
-        self.files = list_images(root)
+        self.root = root
+        self.files = list_files(root, EXTENSIONS, cache_folder(cfg.cache_dir)).files
         if not self.files:
             raise ConfigError(
                 f"dataset.root={root} holds no images ({', '.join(EXTENSIONS)}) in it or its sub-folders"
             )
+        self.skip = cfg.skip_corrupt
         self.info = DataInfo(image_size=cfg.image_size)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _load(self, index: int) -> Sample:
+        return {"image": read_image(self.root / self.files[index])}
+
     def __getitem__(self, index: int) -> Sample:
-        return {"image": tv_tensors.Image(read_image(self.files[index]))}
+        if not 0 <= index < len(self.files):
+            raise IndexError(index)
+        return load_or_skip(self._load, index, len(self.files), self.skip, "dataset.skip_corrupt")

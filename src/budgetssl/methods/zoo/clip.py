@@ -83,13 +83,19 @@ class CLIP(Method):
         cfg = run.method
         if cfg.captions not in CAPTION_SOURCES:
             raise ConfigError(f"method.captions must be one of {CAPTION_SOURCES}, got '{cfg.captions}'")
-        provides = DATASETS.get(run.dataset.name).provides
+        dataset = DATASETS.get(run.dataset.name)
+        provides = dataset.provided(run.dataset)
         usable = {"auto": {"caption", "label"}, "caption": {"caption"}, "label": {"label"}}[cfg.captions]
         if not usable & provides:
+            hint = dataset.missing_hint(run.dataset, usable)
             raise ConfigError(
                 f"method 'clip' with method.captions={cfg.captions} needs {' or '.join(sorted(usable))} from "
                 f"its data, but dataset '{run.dataset.name}' provides only {', '.join(sorted(provides))}; "
-                f"pick a dataset with captions or labels"
+                + (
+                    f"{hint}, or pick a dataset with captions or labels"
+                    if hint
+                    else "pick a dataset with captions or labels"
+                )
             )
         if cfg.text_width % cfg.text_heads:
             raise ConfigError(

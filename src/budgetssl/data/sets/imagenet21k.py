@@ -1,0 +1,39 @@
+"""ImageNet-21K (the full ImageNet; fall11 / winter21, or the ImageNet-21K-P subset) in the layouts its
+copies come in:
+
+- `folders`: `dataset.root/train/<WordNet id>/*.JPEG` (and `val/`), as the per-synset tars extract;
+  ImageNet-21K-P names its folders imagenet21k_train/ and imagenet21k_val/ (set dataset.train_dir,
+  dataset.val_dir).
+- `flat`: every image in one folder, `dataset.root/train/<WordNet id>_<n>.JPEG`, labelled through a class
+  list file (`dataset.class_list`, relative to the root: one id per line, optionally followed by a name;
+  the line number is the label).
+- `auto` (default): `folders` if the split's folder has class folders, else `flat`.
+
+In the folders layout a class list, where given, fixes the label order (and names); without one the
+labels follow the sorted folder names. The file index of these 13M files is cached (dataset.cache_dir).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from budgetssl.data.class_folders import ClassFolderConfig, ClassFolders
+from budgetssl.data.registry import DATASETS
+
+
+@dataclass
+class ImageNet21KConfig(ClassFolderConfig):
+    layout: str = "auto"  # auto | folders | flat
+    class_list: str | None = None  # file under dataset.root: "<id>[ <name>]" per line; required for flat
+
+
+@DATASETS.register("imagenet21k")
+class ImageNet21K(ClassFolders):
+    config_class = ImageNet21KConfig
+    title = "ImageNet-21K"
+
+    def layout(self, cfg: ImageNet21KConfig) -> str:  # type: ignore[override]
+        return cfg.layout
+
+    def class_list(self, cfg: ImageNet21KConfig) -> str | None:  # type: ignore[override]
+        return cfg.class_list
