@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 from budgetssl.engine.loop import train
 from budgetssl.meter.budget import plan_for_budget
 from budgetssl.pretrain import build, loop_settings
+from budgetssl.record.metrics import MetricsLog
 from conftest import run_config
 
 
-def test_supervised_loss_falls_below_chance():
+def test_supervised_loss_falls_below_chance(tmp_path):
     run = run_config(
         "dataset.image_size=16",
         "dataset.num_train=64",
@@ -20,15 +22,11 @@ def test_supervised_loss_falls_below_chance():
         "train.progress=false",
     )
     method, batches = build(run)
-    losses = []
-
-    class Recorder:
-        def write(self, row):
-            losses.append(row["loss"])
-
     settings = loop_settings(run)
     settings.log_every = 1
-    train(method, batches, settings, lambda fps: plan_for_budget(150 * fps, fps), Recorder())
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    train(method, batches, settings, lambda fps: plan_for_budget(150 * fps, fps), log)
+    losses = [json.loads(line)["loss"] for line in log.path.read_text().splitlines()]
     chance = math.log(5)
     assert sum(losses[:10]) / 10 > 0.95 * chance
     assert sum(losses[-10:]) / 10 < 0.6 * chance

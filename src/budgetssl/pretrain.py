@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +14,51 @@ import torch
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.config.check import RunConfig
 from budgetssl.data.base import build_dataset
-from budgetssl.data.loader import endless_batches
+from budgetssl.data.loader import Batches, endless_batches
+from budgetssl.engine import distributed
+from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
+from budgetssl.engine.checkpoint import Checkpoints
 from budgetssl.engine.loop import LoopSettings, train
 from budgetssl.engine.precision import resolve_device
+from budgetssl.engine.rng import rank_seed
 from budgetssl.engine.seed import seed_everything
 from budgetssl.meter.budget import plan_for_budget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, count_forward_flops
-from budgetssl.meter.energy import EnergyTracker, estimate_co2
+from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
 from budgetssl.methods.base import Method, build_method
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.record.weights import save_backbone
+from budgetssl.record.weights import WEIGHTS, save_backbone
 
 
 def loop_settings(run: RunConfig) -> LoopSettings:
     return LoopSettings.from_train(run.train)
 
 
-def build(run: RunConfig) -> tuple[Method, Any]:
-    """The method (with its backbone) and its endless batch stream, seeded."""
+def build(run: RunConfig) -> tuple[Method, Batches]:
+    """The method (with its backbone) and its endless batch stream, seeded.
+
+    Under torchrun every rank builds the same model from the seed and streams its share of each global
+    batch; batch norm is synchronised across ranks where torch can (CUDA).
+    """
+    world = distributed.current()
     seed_everything(run.seed)
     dataset = build_dataset(run.dataset, "train")
     backbone = build_backbone(run.backbone, run.dataset.image_size)
     method = build_method(run.method, backbone, dataset.info)
+    method = distributed.sync_batch_norm(method, world)  # type: ignore[assignment]
     pin = resolve_device(run.train.device).type == "cuda"
+    batch = world.local_batch(run.train.batch_size)
     batches = endless_batches(
-        dataset, method.views(), run.train.batch_size, run.seed, run.train.num_workers, pin_memory=pin
+        dataset,
+        method.views(),
+        batch,
+        run.seed,
+        run.train.num_workers,
+        pin,
+        rank=world.rank,
+        world=world.size,
     )
+    rank_seed(run.seed, world.rank)
     return method, batches
 
 
@@ -68,8 +88,14 @@ def identity(run: RunConfig) -> dict[str, Any]:
 
 def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
     """Train until the budget is spent; save the backbone; return it and the record's fields."""
+    world = distributed.current()
     method, batches = build(run)
-    with EnergyTracker(run.energy) as energy:
+    checkpoints = Checkpoints(
+        folder / CHECKPOINTS, run.train.checkpoint_every_steps, config=run.to_dict(), write=world.is_main
+    )
+    # codecarbon measures the whole machine: one tracker per node (local rank 0), summed over nodes.
+    track = replace(run.energy, track=run.energy.track and world.local_rank == 0)
+    with EnergyTracker(track) as energy:
         result = train(
             method,
             batches,
@@ -77,14 +103,19 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
             lambda fps: plan_for_budget(run.budget.flops, fps),
             MetricsLog(folder / "metrics.jsonl"),
             label="pretrain",
+            checkpoints=checkpoints,
+            distributed=True,
         )
     backbone = method.backbone
-    weights = save_backbone(
-        backbone,
-        folder,
-        {**identity(run), "steps": result.steps, "train_flops": result.flops, "convention": CONVENTION},
-    )
-    reading = energy.reading
+    provenance = {
+        **identity(run),
+        "steps": result.steps,
+        "train_flops": result.flops,
+        "convention": CONVENTION,
+    }
+    weights = save_backbone(backbone, folder, provenance) if world.is_main else WEIGHTS
+    reading, nodes_tracked = over_nodes(energy.reading, world)
+    skipped = world.sum_ints([batches.skipped])[0]
     return backbone, {
         **identity(run),
         "convention": CONVENTION,
@@ -99,17 +130,36 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
         "first_loss": result.first_loss,
         "final_loss": result.final_loss,
         "final_lr": result.final_lr,
+        "data_skipped": skipped,  # unreadable images skipped (streams; dataset.skip_corrupt=true)
         "pretrain_wall_seconds": result.wall_seconds,
         "energy_kwh": reading.energy_kwh,
         "co2_kg": reading.co2_kg,
         "energy_method": reading.method,
         "energy_detail": reading.detail,
+        "energy_nodes_tracked": nodes_tracked,
         **estimate_co2(result.flops, run.energy.hardware),
         "params": sum(p.numel() for p in backbone.parameters()),
         "backbone_family": backbone.family,
         "backbone_timm": backbone.timm_spec(),
         "backbone_weights": weights,
+        "world_size": result.world_size,
+        "nodes": world.nodes,
+        "resumed_from_step": result.resumed_from_step,
     }
+
+
+def over_nodes(reading: EnergyReading, world: distributed.World) -> tuple[EnergyReading, int]:
+    """Energy and CO2 summed over the nodes' trackers (local rank 0 of each); the number tracked."""
+    readings = [r for r in world.gather(reading) if r.energy_kwh is not None]
+    if world.size == 1 or not readings:
+        return reading, len(readings)
+    total = EnergyReading(
+        sum(r.energy_kwh for r in readings),  # type: ignore[misc]
+        sum(r.co2_kg or 0.0 for r in readings),
+        readings[0].method,
+        f"sum over {len(readings)} node(s); node 0: {readings[0].detail}",
+    )
+    return total, len(readings)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 The loop knows no method: a task is an nn.Module whose forward(batch) returns a StepOutput; its
 optional on_step_start(fraction) runs before the forward, on_step_end(fraction) after the update.
 Trainable parameters are the ones with requires_grad.
+
+Distributed (torchrun): every rank measures its share of the first step and the shares are summed, so
+the plan and the FLOPs are those of the global batch; the loss is averaged over ranks and the decision
+to stop (budget spent, a preemption signal, a non-finite loss) is the same on every rank. With
+`checkpoints`, the loop resumes from the newest checkpoint, saves every `checkpoint_every_steps`, on a
+stop signal (then raises Interrupted) and once at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,9 +26,14 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 
 from budgetssl.config.schema import TrainConfig
+from budgetssl.engine import signals
+from budgetssl.engine.checkpoint import CheckpointError, Checkpoints
+from budgetssl.engine.distributed import World, all_reduce_gradients, check_in_sync, current, wrap
 from budgetssl.engine.precision import Precision, resolve_device
 from budgetssl.engine.progress import Progress
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
+from budgetssl.engine.signals import Interrupted
+from budgetssl.engine.state import RunState, restore, snapshot
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import Plan
 from budgetssl.meter.counter import PassCounter
@@ -76,6 +87,8 @@ class LoopResult:
     wall_seconds: float
     final_lr: float
     last_logs: dict[str, float] = field(default_factory=dict)
+    resumed_from_step: int = 0  # 0: this run was never interrupted (or restarted from scratch)
+    world_size: int = 1
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -85,9 +98,10 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class Trainer:
-    def __init__(self, task: nn.Module, settings: LoopSettings) -> None:
+    def __init__(self, task: nn.Module, settings: LoopSettings, world: World | None = None) -> None:
         self.settings = settings
-        self.device = resolve_device(settings.device)
+        self.world = world or World()
+        self.device = self.world.device if self.world.distributed else resolve_device(settings.device)
         self.task = task.to(self.device)
         self.precision = Precision(settings.precision, self.device)
         # A task may group its parameters (e.g. a backbone at a lower learning rate: "lr_scale").
@@ -98,6 +112,18 @@ class Trainer:
         self.params = [p for p in task.parameters() if p.requires_grad]
         if not self.params:
             raise BudgetSSLError("nothing to train: every parameter of the task is frozen")
+        self.ddp: nn.Module | None = None
+        self.find_unused = False  # set by the metered first step (or a checkpoint)
+
+    def model(self, metered: bool) -> nn.Module:
+        """What runs the forward: the task itself, or (distributed, after the metered step) its DDP
+        wrapper. The metered step runs the task itself so that the FLOP breakdown names its parts as
+        on one process; its gradients are averaged by hand."""
+        if not self.world.distributed or metered:
+            return self.task
+        if self.ddp is None:
+            self.ddp = wrap(self.task, self.world, self.find_unused)
+        return self.ddp
 
     def lr_at(self, fraction: float) -> float:
         s = self.settings
@@ -105,13 +131,18 @@ class Trainer:
         return warmup_cosine(fraction, peak=s.lr, end=end, warmup=s.warmup_fraction, start=end)
 
     def step(self, batch: dict[str, Any], counter: PassCounter | None, fraction: float):
+        metered = counter is not None
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler
+        model = self.model(metered)
         scheduled = self.task.on_step_start(fraction) if hasattr(self.task, "on_step_start") else {}
         with count("forward", self.task), self.precision.autocast():
-            out = self.task(batch)
+            out = model(batch)
         with count("backward"):
             scaler.scale(out.loss).backward()
+        if metered and self.world.distributed:
+            self.find_unused = self.world.any(any(p.grad is None for p in self.params))
+            all_reduce_gradients(self.params, self.world)
         with count("optimizer"):
             if self.settings.grad_clip is not None:
                 scaler.unscale_(self.optimizer)
@@ -126,17 +157,42 @@ class Trainer:
         return out.loss.detach(), logs
 
     def probe(self, batch: dict[str, Any], first: StepCost) -> PassCounter:
-        """Cost of a step at a new input shape, measured on a throwaway copy (forward and backward)."""
+        """Cost of a step at a new input shape, measured on a throwaway copy (forward and backward),
+        summed over ranks (every rank probes together)."""
         twin = copy.deepcopy(self.task)
         counter = PassCounter()
         with counter.count("forward", twin), self.precision.autocast():
             out = twin(batch)
         with counter.count("backward"):
             out.loss.backward()
-        for name in ("optimizer", "after_step"):
+        counter.passes = summed(counter.passes, self.world)
+        for name in ("optimizer", "after_step"):  # already summed over ranks
             if name in first.breakdown:
                 counter.passes[name] = dict(first.breakdown[name])
         return counter
+
+
+def summed(passes: dict[str, dict[str, int]], world: World) -> dict[str, dict[str, int]]:
+    """Each entry of a step's FLOP breakdown summed over ranks: the cost of the global step."""
+    keys = [(p, k) for p in sorted(passes) for k in sorted(passes[p])]
+    totals = world.sum_ints([passes[p][k] for p, k in keys])
+    out: dict[str, dict[str, int]] = {p: {} for p in passes}
+    for (p, k), v in zip(keys, totals, strict=True):
+        out[p][k] = v
+    return out
+
+
+def resume(
+    checkpoints: Checkpoints | None, trainer: Trainer, meter: StepMeter, batches: Any
+) -> RunState | None:
+    """The state of the newest usable checkpoint, restored into trainer, meter and data; None if none."""
+    if checkpoints is None:
+        return None
+    found = checkpoints.latest()
+    state = restore(found[1], trainer, meter, batches, trainer.world) if found is not None else None
+    if len(set(trainer.world.gather(state.step if state else 0))) > 1:
+        raise CheckpointError(f"the ranks found different checkpoints in {checkpoints.folder}; is it shared?")
+    return state
 
 
 def train(
@@ -146,75 +202,108 @@ def train(
     make_plan: Callable[[int], Plan],
     log: MetricsLog | None = None,
     label: str = "train",
+    checkpoints: Checkpoints | None = None,
+    distributed: bool = False,
 ) -> LoopResult:
-    """Train until the plan is done or the next step would overspend its budget."""
-    trainer = Trainer(task, settings)
+    """Train until the plan is done or the next step would overspend its budget.
+
+    `distributed`: train data-parallel over the ranks torchrun started (engine.distributed.start);
+    otherwise every process trains on its own.
+    """
+    world = current() if distributed else World()
+    trainer = Trainer(task, settings, world)
     meter = StepMeter()
-    progress = Progress(settings.progress, label)
-    plan: Plan | None = None
-    first: StepCost | None = None
-    spent = step = 0
-    first_loss = loss_value = math.nan
-    logs: dict[str, float] = {}
-    lr = settings.lr
+    progress = Progress(settings.progress and world.is_main, label)
+    state = resume(checkpoints, trainer, meter, batches) or RunState(lr=settings.lr)
+    saved_at: int | None = state.step if state.plan is not None else None
+    resumed_from = state.step
+    if log is not None:
+        log.discard_after(label, state.step)  # rows an interrupted attempt logged past its checkpoint
+    if state.plan is not None:
+        progress.start(state.plan.steps, state.plan.budget_flops)
+        progress.update(state.step, state.spent, state.loss)
     task.train()
     start = time.perf_counter()
     tick = start
+
+    def save() -> str | None:
+        nonlocal saved_at
+        if checkpoints is None:
+            return None
+        path = checkpoints.save(snapshot(elapsed(), trainer, meter, batches, world))
+        saved_at = state.step
+        return str(path)
+
+    def elapsed() -> RunState:
+        return replace(state, seconds=state.seconds + time.perf_counter() - start)
+
     try:
-        while plan is None or step < plan.steps:
+        while state.plan is None or state.step < state.plan.steps:
             batch = to_device(next(batches), trainer.device)
             data_seconds = time.perf_counter() - tick
-            fraction = 0.0 if plan is None else step_fraction(step, plan.steps)
+            fraction = 0.0 if state.plan is None else step_fraction(state.step, state.plan.steps)
             lr = trainer.lr_at(fraction)
             for group in trainer.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             cost = meter.known(batch)
-            if plan is None:
+            if state.plan is None:
                 counter = PassCounter()
                 loss, logs = trainer.step(batch, counter, fraction)
-                first = cost = meter.record(batch, counter)
-                plan = make_plan(cost.total)
-                progress.start(plan.steps, plan.budget_flops)
+                counter.passes = summed(counter.passes, world)
+                state.first = cost = meter.record(batch, counter)
+                state.plan = make_plan(cost.total)
+                progress.start(state.plan.steps, state.plan.budget_flops)
             else:
-                if cost is None:
-                    cost = meter.record(batch, trainer.probe(batch, first))  # type: ignore[arg-type]
-                if spent + cost.total > plan.budget_flops:
+                if world.any(cost is None):  # every rank prices the new shape, so the sum is global
+                    cost = meter.record(batch, trainer.probe(batch, state.first))  # type: ignore[arg-type]
+                assert cost is not None
+                if state.spent + cost.total > state.plan.budget_flops:
                     break
                 loss, logs = trainer.step(batch, None, fraction)
-            spent += cost.total
-            step += 1
-            loss_value = float(loss)
+            state.spent += cost.total
+            state.step += 1
+            loss_value, stop = world.step_sync(loss, signals.requested() is not None)
             if not math.isfinite(loss_value):
-                raise NonFiniteLoss(step - 1, loss_value)
-            if step == 1:
-                first_loss = loss_value
+                raise NonFiniteLoss(state.step - 1, loss_value)
+            state.loss, state.lr, state.logs = loss_value, lr, logs
+            if state.step == 1:
+                state.first_loss = loss_value
             now = time.perf_counter()
-            if log is not None and (step % settings.log_every == 0 or step == 1 or step == plan.steps):
+            if log is not None and (
+                state.step % settings.log_every == 0 or state.step == 1 or state.step == state.plan.steps
+            ):
+                seconds = {"step_seconds": now - tick - data_seconds, "data_seconds": data_seconds}
                 log.write(
-                    {
-                        "stage": label,
-                        "step": step,
-                        "flops": spent,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "step_seconds": now - tick - data_seconds,
-                        "data_seconds": data_seconds,
-                        **logs,
-                    }
+                    {"stage": label, "step": state.step, "flops": state.spent, "loss": loss_value, "lr": lr}
+                    | seconds
+                    | logs
                 )
-            progress.update(step, spent, loss_value)
+            progress.update(state.step, state.spent, loss_value)
             tick = now
+            path = None
+            if stop or (checkpoints is not None and checkpoints.due(state.step)):
+                path = save()
+            if stop:
+                world.barrier()  # rank 0's checkpoint is on disk before any rank exits
+                raise Interrupted(signals.requested() or "a stop signal on another rank", state.step, path)
     finally:
         progress.close()
-    assert plan is not None and first is not None
+    assert state.plan is not None and state.first is not None
+    check_in_sync(task, world)
+    if checkpoints is not None:
+        if saved_at != state.step:
+            save()
+        checkpoints.prune(keep=1)  # the final one: a re-run (or budgetssl-run's transfer) resumes at the end
     return LoopResult(
-        plan=plan,
-        steps=step,
-        flops=spent,
-        breakdown=first.breakdown,
-        first_loss=first_loss,
-        final_loss=loss_value,
-        wall_seconds=time.perf_counter() - start,
-        final_lr=lr,
-        last_logs=logs,
+        plan=state.plan,
+        steps=state.step,
+        flops=state.spent,
+        breakdown=state.first.breakdown,
+        first_loss=state.first_loss,
+        final_loss=state.loss,
+        wall_seconds=elapsed().seconds,
+        final_lr=state.lr,
+        last_logs=state.logs,
+        resumed_from_step=resumed_from,
+        world_size=world.size,
     )

@@ -12,6 +12,11 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
+    from budgetssl.engine.distributed import local_device
+
+    local = local_device(name)  # under torchrun: this process's own GPU
+    if local is not None:
+        return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

@@ -5,6 +5,8 @@ Outside torch.distributed (one process) these are identities, so a loss reads th
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -18,11 +20,18 @@ def world() -> tuple[int, int]:
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` from every rank along dim 0, rank order; gradients flow back to each rank's part."""
+    """Concatenate `x` from every rank along dim 0, rank order; gradients flow back to each rank's part.
+
+    torch.distributed.nn's all_gather is the public collective with a backward pass that works on gloo
+    as well as NCCL (its deprecation points at a private replacement), so its FutureWarning is silenced.
+    """
     _, size = world()
     if size == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dist_fn.all_gather(x)
+    return torch.cat(parts, dim=0)
 
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:

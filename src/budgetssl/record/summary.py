@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import budgetssl
 from budgetssl.record.files import write_json
 
 SUMMARY = "summary.json"
+SECRET = re.compile(r"(^|_)(api_?key|access_?key|secret(_?key)?|token|password|passwd|credentials?)$", re.I)
+REDACTED = "<redacted>"
 
 
 def environment() -> dict[str, Any]:
@@ -33,14 +36,31 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def completed_record(folder: Path) -> dict[str, Any] | None:
+    """The record of `folder` if it says the run completed, else None (no record, unreadable, failed,
+    interrupted): the test for "this run is done" before running it again."""
+    try:
+        record = json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("status") == "completed" else None
+
+
+def redact(value: Any) -> Any:
+    """`value` with anything stored under a credential-like key (api_key, token, password, ...) masked:
+    records are shared and published, credentials must never reach them."""
+    if isinstance(value, dict):
+        return {k: REDACTED if SECRET.search(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
 def write_summary(folder: Path, record: dict[str, Any]) -> Path:
-    """Write the record atomically; a completed record is never replaced by a later failure."""
+    """Write the record atomically; a completed record is only ever replaced by another completed one
+    (never by a later failure or interruption in the same folder)."""
     path = folder / SUMMARY
-    if record.get("status") == "failed" and path.exists():
-        try:
-            if json.loads(path.read_text()).get("status") == "completed":
-                return path
-        except (OSError, ValueError):
-            pass
-    write_json(path, record)
+    if record.get("status") != "completed" and completed_record(folder) is not None:
+        return path
+    write_json(path, redact(record))
     return path

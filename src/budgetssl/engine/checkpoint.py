@@ -1,0 +1,172 @@
+"""Checkpoints: one file per save under <run>/checkpoints/, written atomically, read with weights_only=True.
+
+A checkpoint holds only tensors and plain containers (the training state is assembled by the loop), so
+torch's restricted unpickler loads it and a file carrying any other Python object (a pickle payload that
+would run code) is refused, never executed. The newest two are kept while training and the newest one
+when training completes; an unreadable newest file falls back to the one before it, with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from budgetssl.errors import BudgetSSLError, ConfigError
+
+FOLDER = "checkpoints"
+FORMAT = 1
+NAME = re.compile(r"^step_(\d+)\.pt$")
+REQUIRED = ("format", "step", "spent", "plan", "model", "optimizer")
+# Settings that may differ between an interrupted run and its resumption.
+MAY_CHANGE = (
+    "train.progress",
+    "train.log_every",
+    "train.num_workers",
+    "train.checkpoint_every_steps",
+    "train.device",
+    "energy.",
+    "transfer.",
+    "logger.",
+    "rerun",
+)
+
+
+class CheckpointError(BudgetSSLError):
+    """No checkpoint in the run folder can be used (every file is corrupted or refused)."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:09d}.pt"
+
+
+def write_atomically(path: Path, state: dict[str, Any]) -> None:
+    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it: a reader (or
+    a resumed run after kill -9) sees the old file or the whole new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The state in `path`, loaded with weights_only=True; anything else is a CheckpointError naming it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"refused checkpoint {path}: it holds Python objects other than tensors and plain containers "
+            f"(loading it could run code), so budgetssl did not write it or it was altered"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or corrupted: {reason})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED):
+        raise CheckpointError(f"{path} is not a budgetssl checkpoint (format {FORMAT})")
+    return state
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """A checkpoint resumes only the run it came from: same method, data, budget, batch, seed..."""
+    a, b = flatten(saved), flatten(current)
+    differ = sorted(
+        k
+        for k in set(a) | set(b)
+        if a.get(k) != b.get(k) and not k.startswith(MAY_CHANGE) and k not in MAY_CHANGE
+    )
+    if differ:
+        shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:3])
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ConfigError(
+            f"the run folder {path.parent.parent} holds a checkpoint of another config ({shown}{more}); "
+            f"run the same command to resume it, or pick a new hydra.run.dir"
+        )
+
+
+@dataclass
+class Checkpoints:
+    """The checkpoints of one run folder. Only the process with `write` set (rank 0) writes or deletes."""
+
+    folder: Path
+    every: int | None = None  # steps between periodic saves; None or 0: only on signals and at the end
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config, checked on resume
+    write: bool = True
+    keep: int = 2
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0  # type: ignore[operator]
+
+    def existing(self) -> list[Path]:
+        """Checkpoint files, newest (highest step) first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := NAME.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, state: dict[str, Any]) -> Path:
+        path = self.folder / checkpoint_name(state["step"])
+        if self.write:
+            write_atomically(path, {**state, "format": FORMAT, "config": self.config})
+            self.prune(self.keep)
+        return path
+
+    def prune(self, keep: int) -> None:
+        if not self.write:
+            return
+        for old in self.existing()[keep:]:
+            old.unlink(missing_ok=True)
+        for tmp in self.folder.glob(".step_*.tmp"):  # left by a process killed while writing
+            tmp.unlink(missing_ok=True)
+
+    def latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest usable checkpoint; unusable newer ones are warned about and skipped."""
+        problems: list[str] = []
+        for path in self.existing():
+            try:
+                state = read_checkpoint(path)
+            except CheckpointError as e:
+                problems.append(str(e))
+                continue
+            check_same_config(state.get("config", {}), self.config, path)
+            if problems:
+                warnings.warn(f"{'; '.join(problems)}; resuming from the older {path}", stacklevel=2)
+            return path, state
+        if problems:
+            raise CheckpointError(
+                f"{'; '.join(problems)}; no older usable checkpoint in {self.folder}: remove the file(s) "
+                f"named to start this run over"
+            )
+        return None

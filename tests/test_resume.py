@@ -1,0 +1,170 @@
+"""Preemption and resume: kill -9 mid-run or SIGTERM, run the same command again, and the record equals
+the uninterrupted run's (steps, FLOPs, final loss on CPU), with every step logged once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from budgetssl.engine.signals import EXIT_INTERRUPTED
+from conftest import BIN, TINY, small, summary
+
+# MAE draws its masks from the global RNG on every step: a resumed run must restore it exactly.
+SETTINGS = [
+    *TINY,
+    *small("mae"),
+    "budget.flops=8e9",
+    "train.checkpoint_every_steps=3",
+    "train.log_every=1",
+]
+SAME = ("status", "planned_steps", "steps", "train_flops", "flops_per_step", "first_loss", "final_loss")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread here and in the commands started (OMP_NUM_THREADS): the same arithmetic in
+    every run compared, and no slowdown from threads competing for a busy machine's cores."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+def run_in_process(folder: Path, *extra: str) -> int:
+    from budgetssl.cli.common import execute
+    from budgetssl.cli.pretrain import pretrain_stage
+    from budgetssl.config.compose import compose_config
+
+    return execute(compose_config([*SETTINGS, *extra]), folder, pretrain_stage, "budgetssl-pretrain")
+
+
+def start_cli(folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen(
+        [str(BIN / "budgetssl-pretrain"), *SETTINGS, f"hydra.run.dir={folder}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not list((folder / "checkpoints").glob("step_*.pt")):
+        assert proc.poll() is None, (
+            f"the run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
+        )
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def metric_steps(folder: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(folder: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert run_in_process(folder) == 0
+    record = summary(folder)
+    assert record["resumed_from_step"] == 0 and record["steps"] >= 24
+    return folder
+
+
+def assert_same_run(folder: Path, reference: Path) -> None:
+    got, want = summary(folder), summary(reference)
+    assert {k: got[k] for k in SAME} == {k: want[k] for k in SAME}
+    assert metric_steps(folder) == metric_steps(reference) == list(range(1, want["steps"] + 1))
+    assert losses(folder) == losses(reference)  # every step of the history, not only the last
+    assert len(list((folder / "checkpoints").glob("step_*.pt"))) == 1  # the final one
+
+
+def test_kill_9_mid_run_then_the_same_command_resumes_to_the_same_record(tmp_path, reference):
+    folder = tmp_path / "run"
+    proc = start_cli(folder)
+    wait_for_checkpoint(folder, proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (folder / "summary.json").exists()
+    again = subprocess.run(
+        [str(BIN / "budgetssl-pretrain"), *SETTINGS, f"hydra.run.dir={folder}"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    record = summary(folder)
+    assert 3 <= record["resumed_from_step"] < record["steps"]
+    assert_same_run(folder, reference)
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path, reference):
+    folder = tmp_path / "run"
+    proc = start_cli(folder)
+    wait_for_checkpoint(folder, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
+    record = summary(folder)
+    step = record["interrupted_at_step"]
+    assert record["status"] == "interrupted" and record["signal"] == "SIGTERM"
+    assert "Traceback" not in err and f"stopped by SIGTERM after step {step}" in err
+    assert (folder / record["checkpoint"]).is_file() and record["checkpoint"].endswith(f"step_{step:09d}.pt")
+    assert metric_steps(folder) == list(range(1, step + 1))
+    assert run_in_process(folder) == 0
+    assert summary(folder)["resumed_from_step"] == step
+    assert_same_run(folder, reference)
+
+
+@pytest.fixture
+def harmless_sigusr1():
+    """A signal that lands after the run (the watcher is a thread) must not kill the test process."""
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def interrupt_when(folder: Path, files: int) -> threading.Thread:
+    """Send this process SIGUSR1 (SLURM's warning before a time limit) once `files` checkpoints exist."""
+
+    def watch() -> None:
+        while len(list((folder / "checkpoints").glob("step_*.pt"))) < files:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_corrupted_newest_checkpoint_falls_back_to_the_one_before(tmp_path, reference, harmless_sigusr1):
+    folder = tmp_path / "run"
+    interrupt_when(folder, files=2).join(timeout=0)
+    assert run_in_process(folder) == EXIT_INTERRUPTED
+    newest, older = sorted((folder / "checkpoints").glob("step_*.pt"), reverse=True)
+    assert summary(folder)["signal"] == "SIGUSR1"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.warns(
+        UserWarning, match=rf"{newest.name} is unreadable .*resuming from the older .*{older.name}"
+    ):
+        assert run_in_process(folder) == 0
+    assert summary(folder)["resumed_from_step"] == int(older.stem.split("_")[1])
+    assert_same_run(folder, reference)
