@@ -1,43 +1,33 @@
 """Print each method's metered FLOPs per training step, relative to supervised, with its breakdown.
 
-usage: python benchmarks/method_flops.py [--methods-file FILE] [OVERRIDE ...]
+usage: python benchmarks/method_flops.py [--cpu] [OVERRIDE ...]
 e.g.   python benchmarks/method_flops.py backbone=vit_base dataset.image_size=224 train.batch_size=2
-       python benchmarks/method_flops.py --methods-file scripts/demo_methods.txt   (the demo's config)
+       python benchmarks/method_flops.py --cpu   (the demo's method configs, configs/method/cpu/)
 
-Without --methods-file every method runs with its config's reference sizes. One real step of each
-method runs under the meter (on CPU this takes a few seconds per method even for ViT-B).
+Without --cpu every method runs with its config's reference sizes. One real step of each method runs
+under the meter (on CPU this takes a few seconds per method even for ViT-B).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from budgetssl.cli.flops import measure
 
 METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
 
 
-def read_methods(path: Path) -> dict[str, list[str]]:
-    entries = {}
-    for line in path.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, *overrides = line.split()
-            entries[name] = overrides
-    return entries
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods-file", type=Path)
+    parser.add_argument("--cpu", action="store_true", help="the demo's CPU-sized method configs")
     args, overrides = parser.parse_known_args()
-    methods = read_methods(args.methods_file) if args.methods_file else {m: [] for m in METHODS}
+    methods = [m for m in METHODS if m != "mae_tiny"] if args.cpu else METHODS
     rows = []
-    for name, extra in methods.items():
-        result = measure([*overrides, "energy.track=false", f"method={name}", *extra])
+    for name in methods:
+        result = measure([*overrides, "energy.track=false", f"method={'cpu/' if args.cpu else ''}{name}"])
         parts = {k: v for k, v in result["breakdown"]["forward"].items() if k != "total"}
         rows.append({"method": name, "flops_per_step": result["flops_per_step"], "forward_parts": parts})
         print(f"measured {name}", flush=True)

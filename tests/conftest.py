@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from budgetssl.config.check import RunConfig, check_config
 from budgetssl.config.compose import compose_config
 
 BIN = Path(sys.executable).parent
+# Dataset file indexes are cached under $XDG_CACHE_HOME: keep the tests' out of the user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="budgetssl-test-cache-")
 DATA = Path(__file__).parent / "data"
 
 # Small enough for a CPU test to finish in seconds; the real code paths all the same.
@@ -23,6 +26,7 @@ TINY = [
     "train.batch_size=16",
     "train.progress=false",
     "energy.track=false",
+    "logger.wandb.mode=disabled",
     "transfer.steps=5",
     "transfer.batch_size=16",
     "transfer.num_train=64",

@@ -12,6 +12,18 @@ def write(folder, name, record):
     (folder / name / "summary.json").write_text(json.dumps(record) if isinstance(record, dict) else record)
 
 
+def section(report: str, title: str) -> list[str]:
+    """The table rows (header included, rule excluded) under a heading of the report."""
+    lines = report.split("\n" + title, 1)[1].splitlines()
+    rows = []
+    for line in lines[1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("| "):
+            rows.append(line)
+    return rows
+
+
 def make_runs(root):
     base = {"status": "completed", "dataset": "synthetic", "backbone": "vit_nano", "energy_kwh": 1e-4,
             "co2_kg": 4e-5, "co2_kg_estimated": 1e-7, "transfer_flops": 1e11}  # fmt: skip
@@ -29,7 +41,7 @@ def test_report_tables_completed_runs_and_counts_the_rest(tmp_path):
     proc = cli("budgetssl-report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
     assert "3 completed run(s); ignored 1 failed or unfinished and 1 unreadable" in proc.stderr
     report = (tmp_path / "out" / "report.md").read_text()
-    rows = [line for line in report.splitlines() if line.startswith("| ") and "method" not in line]
+    rows = section(report, "## Runs")[1:]
     assert len(rows) == 3
     assert rows[0].startswith("| random_init |")
     assert "| 35.50 |" in rows[2] and "| 2e+12 |" in rows[2]
@@ -46,3 +58,58 @@ def test_plot_chosen_axes_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = cli("budgetssl-report", str(tmp_path / "empty"), check=False)
     assert proc.returncode == 1 and "nothing to report" in proc.stderr
+
+
+def make_grid(root):
+    """Two backbones, two methods, three budgets, two seeds of one configuration, random init per backbone."""
+    base = {"status": "completed", "dataset": "synthetic", "energy_kwh": 1e-4, "transfer_flops": 1e11}
+    params = {"vit_small": 22e6, "vit_large": 300e6}
+    grid = [
+        ("supervised", "vit_small", 1e12, 0, 30.0), ("supervised", "vit_small", 1e13, 0, 36.0),
+        ("supervised", "vit_small", 1e14, 0, 38.0), ("supervised", "vit_large", 1e12, 0, 25.0),
+        ("supervised", "vit_large", 1e13, 0, 34.0), ("supervised", "vit_large", 1e14, 0, 42.0),
+        ("mae", "vit_small", 1e12, 0, 31.0), ("mae", "vit_small", 1e12, 1, 33.0),
+        ("mae", "vit_small", 1e13, 0, 35.0),
+    ]  # fmt: skip
+    for i, (method, backbone, budget, seed, miou) in enumerate(grid):
+        write(root, f"run{i}", {**base, "method": method, "backbone": backbone, "budget_flops": budget,
+                                "seed": seed, "train_flops": budget, "total_flops": budget, "miou": miou,
+                                "co2_kg": budget * 1e-16, "params": params[backbone]})  # fmt: skip
+    for backbone, miou in (("vit_small", 20.0), ("vit_large", 18.0)):
+        write(root, f"random_{backbone}", {**base, "method": "random_init", "backbone": backbone,
+                                           "dataset": None, "budget_flops": 0.0, "train_flops": 0,
+                                           "total_flops": 1e11, "miou": miou,
+                                           "transfer_co2_kg": 1e-5})  # fmt: skip
+    write(root, "failed", {"status": "failed", "error": "boom", "method": "dino"})
+    write(root, "corrupt", "{not json")
+
+
+def test_report_finds_the_front_the_best_method_per_budget_and_the_crossing(tmp_path):
+    make_grid(tmp_path / "runs")
+    proc = cli("budgetssl-report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
+    assert "11 completed run(s); ignored 1 failed or unfinished and 1 unreadable" in proc.stderr
+    report = (tmp_path / "out" / "report.md").read_text()
+    front = [r.split(" | ")[:3] for r in section(report, "### Pareto front")[1:5]]
+    assert front == [
+        ["| random_init", "None", "vit_small"],
+        ["| mae", "synthetic", "vit_small"],
+        ["| supervised", "synthetic", "vit_small"],
+        ["| supervised", "synthetic", "vit_large"],
+    ]
+    best = [r.split(" | ") for r in section(report, "### Pareto front") if r.startswith("| 1e+1")]
+    assert [(r[1], r[3], r[4]) for r in best] == [
+        ("mae", "vit_small", "32.00 |"),
+        ("supervised", "vit_small", "36.00 |"),
+        ("supervised", "vit_large", "42.00 |"),
+    ]
+    # Large minus small on a log axis: -2 at 1e13, +4 at 1e14, so zero a third of the decade in.
+    crossing = section(report, "### Where a larger backbone overtakes")[1:]
+    assert len(crossing) == 1 and crossing[0].startswith("| supervised | synthetic | vit_small | vit_large |")
+    assert crossing[0].endswith(f"| {1e13 * 10 ** (1 / 3):.3g} |")
+    assert "| mae | synthetic | vit_small | 1e+12 | 2 | 32.00 | 1.41 |" in report
+    assert "failed or unfinished: `" in report and "unreadable: `" in report
+    for name in ("miou_vs_flops", "miou_vs_co2", "miou_vs_flops_facets", "miou_vs_co2_facets"):
+        image = tmp_path / "out" / f"{name}.png"
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000
+        assert f"]({name}.png)" in report
+    assert "random init (vit_large): mIoU 18.00" in proc.stdout

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from budgetssl.analysis.aggregate import Point
+from budgetssl.analysis.frontier import Crossing
+
 COLUMNS = [
     ("method", "method"),
     ("dataset", "dataset"),
@@ -39,3 +42,48 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
     rows = ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in sorted(runs, key=sort_key)]
     return "\n".join([head, rule, *rows])
+
+
+def _flops(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def summary_table(pts: list[Point], y: str = "miou") -> str:
+    """One row per configuration: the mean over seeds, with the spread where there are several."""
+    rows = [
+        "| method | dataset | backbone | budget (FLOPs) | seeds | " + y + " mean | std |",
+        "|---" * 7 + "|",
+    ]
+    for p in sorted(pts, key=lambda p: (str(p.dataset), str(p.backbone), p.budget, -p.y)):
+        spread = f"{p.spread:.2f}" if p.seeds > 1 else "-"
+        rows.append(
+            f"| {p.method} | {p.dataset} | {p.backbone} | {_flops(p.budget)} | {p.seeds} "
+            f"| {p.y:.2f} | {spread} |"
+        )
+    return "\n".join(rows)
+
+
+def front_table(front: list[Point], best: dict[float, Point]) -> str:
+    rows = [
+        "| on the Pareto front | dataset | backbone | budget (FLOPs) | total FLOPs | mIoU |",
+        "|---" * 6 + "|",
+    ]
+    rows += [
+        f"| {p.method} | {p.dataset} | {p.backbone} | {_flops(p.budget)} | {_flops(p.x)} | {p.y:.2f} |"
+        for p in front
+    ]
+    rows += ["", "| budget (FLOPs) | best method | dataset | backbone | mIoU |", "|---" * 5 + "|"]
+    rows += [
+        f"| {_flops(budget)} | {p.method} | {p.dataset} | {p.backbone} | {p.y:.2f} |"
+        for budget, p in best.items()
+    ]
+    return "\n".join(rows)
+
+
+def crossing_table(found: list[Crossing]) -> str:
+    rows = ["| method | dataset | small | large | large overtakes small at (FLOPs) |", "|---" * 5 + "|"]
+    rows += [
+        f"| {c.method} | {c.dataset} | {c.small} | {c.large} | {_flops(c.flops) if c.flops else c.note} |"
+        for c in found
+    ]
+    return "\n".join(rows)

@@ -10,14 +10,24 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from budgetssl.config.check import RunConfig, check_config
 from budgetssl.config.paths import config_dir
+from budgetssl.config.run_name import job_name
+from budgetssl.config.schema import WandbConfig
+from budgetssl.engine import distributed, signals
+from budgetssl.engine.distributed import is_main_process
 from budgetssl.errors import BudgetSSLError
-from budgetssl.record.summary import SUMMARY, environment, now, write_summary
+from budgetssl.record.summary import SUMMARY, completed_record, environment, now, write_summary
+from budgetssl.record.wandb_log import summarize, wandb_run
 
 Stage = Callable[[RunConfig, Path], dict[str, Any]]
+
+
+class RunFailed(Exception):
+    """One run of a sweep failed (its record says why); Hydra lists it when the sweep ends."""
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
@@ -37,26 +47,88 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
-    """Run `stage`, write summary.json either way, and return the exit code."""
+    """Run `stage`, write summary.json either way, and return the exit code.
+
+    Under torchrun every rank runs this: the process group starts once the config is valid, every rank
+    works in rank 0's run folder, and rank 0 alone writes the record. Status: `completed`; `failed` (with
+    `error`, `error_type` and, for a non-finite loss, `failed_step`; exit code 2 for a bad input, the
+    exception re-raised for a crash); or `interrupted` by SIGTERM/SIGUSR1 after a checkpoint (exit code
+    75: run the same command again to resume). A completed record is never replaced by either.
+    """
     start = time.perf_counter()
     record: dict[str, Any] = {"command": command, "status": "running", **_identity(cfg), "started_at": now()}
     code = 0
-    try:
-        record.update(stage(check_config(cfg), folder))
-        record["status"] = "completed"
-    except BudgetSSLError as e:
-        record.update(
-            status="failed", error=str(e), error_type=type(e).__name__, failed_step=getattr(e, "step", None)
-        )
-        print(f"{command}: error: {e}", file=sys.stderr)
-        code = 2
-    except BaseException as e:
-        record.update(status="failed", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
-        write_summary(folder, _finish(record, start))
-        raise
-    path = write_summary(folder, _finish(record, start))
-    print(f"{command}: {record['status']}; record: {path}", file=sys.stderr if code else sys.stdout)
+    distributed.adopt_submitit_environment()
+    main = is_main_process()
+    with signals.catch():
+        try:
+            run = check_config(cfg)
+            world = distributed.start(run.train.device)
+            folder = _shared_folder(folder, world)
+            logger = run.logger.wandb if main else WandbConfig(mode="disabled")
+            with wandb_run(logger, folder, folder.name, run.to_dict()) as wandb:
+                record.update(stage(run, folder))
+                record["status"] = "completed"
+                summarize(wandb, record)
+        except signals.Interrupted as e:
+            record.update(
+                status="interrupted",
+                error=str(e),
+                error_type="Interrupted",
+                signal=e.signal_name,
+                interrupted_at_step=e.step,
+                checkpoint=_relative(e.checkpoint, folder),
+            )
+            print(f"{command}: {e}", file=sys.stderr)
+            code = signals.EXIT_INTERRUPTED
+        except BudgetSSLError as e:
+            record.update(
+                status="failed",
+                error=str(e),
+                error_type=type(e).__name__,
+                failed_step=getattr(e, "step", None),
+            )
+            print(f"{command}: error: {e}", file=sys.stderr)
+            code = 2
+        except BaseException as e:
+            record.update(status="failed", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+            if main:
+                write_summary(folder, _finish(record, start))
+            raise
+        finally:
+            distributed.stop()
+        if main:
+            path = write_summary(folder, _finish(record, start))
+            print(f"{command}: {record['status']}; record: {path}", file=sys.stderr if code else sys.stdout)
+        if code == signals.EXIT_INTERRUPTED:
+            signals.hand_over()  # e.g. submitit's checkpoint-and-requeue, where it was installed
     return code
+
+
+def _relative(path: str | None, folder: Path) -> str | None:
+    """A file of the run folder as a path inside it, so the record stays true when the folder moves."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
+
+
+def _shared_folder(folder: Path, world: distributed.World) -> Path:
+    """Rank 0's run folder on every rank (a time-stamped hydra.run.dir may differ by a second between
+    ranks); a rank whose Hydra made another folder removes it if it holds only Hydra's own files."""
+    shared = Path(world.broadcast(str(folder)))
+    if shared != folder and folder.is_dir():
+        hydra_files = [folder / ".hydra" / f for f in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        for path in [*hydra_files, *folder.glob("*.log")]:
+            path.unlink(missing_ok=True)
+        for empty in (folder / ".hydra", folder):
+            try:
+                empty.rmdir()
+            except OSError:
+                break
+    return shared
 
 
 def _finish(record: dict[str, Any], start: float) -> dict[str, Any]:
@@ -74,11 +146,23 @@ def hydra_command(stage: Stage, command: str) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
     def main(cfg: DictConfig) -> None:
         folder = Path(HydraConfig.get().runtime.output_dir)
+        if completed_record(folder) is not None and OmegaConf.select(cfg, "rerun") is not True:
+            print(f"{command}: skipped, already completed: {folder / SUMMARY} (rerun=true runs it again)")
+            return
         code = execute(cfg, folder, stage, command)
+        if code == 2 and HydraConfig.get().mode == RunMode.MULTIRUN:
+            # An exception, not an exit: the launcher records this job as failed and the sweep goes on.
+            raise RunFailed(f"{command} failed in {folder}; see {folder / SUMMARY}")
         if code:
             raise SystemExit(code)
 
-    return main
+    def entry() -> None:
+        # The command names its runs (see config/run_name.py); a user's own hydra.job.name wins.
+        if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
+            sys.argv.append(f"hydra.job.name={job_name(command)}")
+        main()
+
+    return entry
 
 
 __all__ = ["SUMMARY", "hydra_command", "execute"]

@@ -1,15 +1,72 @@
-"""budgetssl-report RUNS_DIR --out OUT_DIR: a table of every completed run and the mIoU-vs-FLOPs figure."""
+"""budgetssl-report RUNS_DIR --out OUT_DIR: tables, the study's findings and figures from every run below
+RUNS_DIR (failed and unreadable records are counted, listed and left out)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from budgetssl.analysis.collect import collect
-from budgetssl.analysis.figure import plot_runs
-from budgetssl.analysis.table import markdown_table
+from budgetssl.analysis.aggregate import baselines, points
+from budgetssl.analysis.collect import Collection, collect
+from budgetssl.analysis.figure import plot_facets, plot_runs
+from budgetssl.analysis.frontier import best_per_budget, crossings, pareto_front
+from budgetssl.analysis.table import crossing_table, front_table, markdown_table, summary_table
 from budgetssl.record.files import atomic_write
+
+
+def with_totals(run: dict[str, Any]) -> dict[str, Any]:
+    """Add total_co2_kg: pretraining plus transfer, measured (null when neither was measured)."""
+    parts = [run.get("co2_kg"), run.get("transfer_co2_kg")]
+    known = [float(v) for v in parts if isinstance(v, (int, float))]
+    return {**run, "total_co2_kg": sum(known) if known else None}
+
+
+def figures(runs: list[dict[str, Any]], out: Path) -> list[Path]:
+    written = []
+    co2 = "total_co2_kg" if any(r.get("total_co2_kg") for r in runs) else "co2_kg_estimated"
+    several = len({r.get("dataset") for r in runs if r.get("dataset")}) > 1 or (
+        len({r.get("backbone") for r in runs if r.get("backbone")}) > 1
+    )
+    for x, name in (("total_flops", "miou_vs_flops"), (co2, "miou_vs_co2")):
+        try:
+            written.append(plot_runs(runs, x, "miou", out / f"{name}.png", f"mIoU vs {x.replace('_', ' ')}"))
+            if several:
+                written.append(plot_facets(runs, x, "miou", out / f"{name}_facets.png"))
+        except ValueError as e:
+            print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
+    return written
+
+
+def findings(runs: list[dict[str, Any]]) -> list[str]:
+    pts = points(runs, "total_flops", "miou")
+    lines = ["## Findings", ""]
+    for backbone, (mean, spread, n) in sorted(baselines(runs, "miou").items(), key=lambda kv: str(kv[0])):
+        lines.append(
+            f"- random init ({backbone}): mIoU {mean:.2f}"
+            + (f" ± {spread:.2f} over {n} seeds" if n > 1 else "")
+        )
+    if not pts:
+        return lines + ["", "No pretrained run has an mIoU yet.", ""]
+    lines += ["", "### Pareto front (mIoU against total FLOPs) and the best method at each budget", ""]
+    front = pareto_front(pts + points(runs, "total_flops", "miou", baseline=True))
+    lines += [front_table(front, best_per_budget(pts)), ""]
+    params = {str(r["backbone"]): float(r["params"]) for r in runs if r.get("backbone") and r.get("params")}
+    found = crossings(pts, params)
+    if found:
+        lines += ["### Where a larger backbone overtakes a smaller one", "", crossing_table(found), ""]
+    lines += ["### Mean over seeds", "", summary_table(pts), ""]
+    return lines
+
+
+def skipped(found: Collection) -> list[str]:
+    if not found.failed and not found.unreadable:
+        return []
+    lines = ["## Left out", ""]
+    lines += [f"- failed or unfinished: `{p}`" for p in found.failed]
+    lines += [f"- unreadable: `{p}`" for p in found.unreadable]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,17 +84,18 @@ def main(argv: list[str] | None = None) -> None:
     if not found.runs:
         print("budgetssl-report: error: nothing to report; run budgetssl-run first", file=sys.stderr)
         raise SystemExit(1)
-    table = markdown_table(found.runs)
-    lines = ["# budgetssl report", "", found.describe() + ".", "", table, ""]
-    figures = []
-    if any(r.get("miou") is not None for r in found.runs):
-        figures.append(
-            plot_runs(found.runs, "total_flops", "miou", out / "miou_vs_flops.png", "mIoU vs total FLOPs")
-        )
-        lines += ["![mIoU vs FLOPs](miou_vs_flops.png)", ""]
+    runs = [with_totals(r) for r in found.runs]
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(runs)
+    drawn = figures(runs, out)
+    found_lines = findings(runs)
+    lines = ["# budgetssl report", "", found.describe() + ".", "", "## Runs", "", table, ""]
+    lines += found_lines + skipped(found)
+    lines += [f"![{p.stem}]({p.name})" for p in drawn] + [""]
     atomic_write(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))
     print(table)
-    print(f"\nbudgetssl-report: wrote {out / 'report.md'}" + "".join(f", {f}" for f in figures))
+    print("\n" + "\n".join(found_lines))
+    print(f"budgetssl-report: wrote {out / 'report.md'}" + "".join(f", {p}" for p in drawn))
 
 
 if __name__ == "__main__":

@@ -1,1 +1,5 @@
 """Config schema, validation and locating the config tree."""
+
+from budgetssl.config.run_name import register as _register_resolvers
+
+_register_resolvers()

@@ -13,6 +13,7 @@ from budgetssl.config.schema import (
     BudgetConfig,
     DatasetConfig,
     EnergyConfig,
+    LoggerConfig,
     MethodConfig,
     TrainConfig,
     TransferConfig,
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+WANDB_MODES = ("offline", "online", "disabled")
 
 
 @dataclass
@@ -35,6 +37,8 @@ class RunConfig:
     backbone: BackboneConfig
     method: MethodConfig
     transfer: TransferConfig
+    logger: LoggerConfig
+    rerun: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.structured(self), resolve=True)  # type: ignore[return-value]
@@ -90,6 +94,7 @@ def check_config(cfg: DictConfig) -> RunConfig:
     transfer_cls = TRANSFERS.get(cfg.transfer.name)
 
     seed = cfg.seed
+    _require(isinstance(cfg.rerun, bool), f"rerun must be true or false, got {cfg.rerun!r}")
     _require(isinstance(seed, int) and not isinstance(seed, bool), f"seed must be an integer, got {seed!r}")
     run = RunConfig(
         seed=seed,
@@ -100,17 +105,21 @@ def check_config(cfg: DictConfig) -> RunConfig:
         backbone=typed(cfg.backbone, BackboneConfig, "backbone"),
         method=typed(cfg.method, method_cls.config_class, "method"),
         transfer=typed(cfg.transfer, transfer_cls.config_class, "transfer"),
+        logger=typed(cfg.logger, LoggerConfig, "logger"),
+        rerun=cfg.rerun,
     )
     _check_values(run)
     family = FAMILIES.get(run.backbone.family)
     family.check(run.backbone, run.dataset.image_size)
     family.check(run.backbone, run.transfer.image_size)
-    missing = sorted(set(method_cls.needs) - set(dataset_cls.provides))
+    provided = dataset_cls.provided(run.dataset)
+    missing = sorted(set(method_cls.needs) - set(provided))
+    hint = dataset_cls.missing_hint(run.dataset, set(missing)) if missing else ""
     _require(
         not missing,
         f"method '{run.method.name}' needs {', '.join(missing)} from its data, but dataset "
-        f"'{run.dataset.name}' provides only {', '.join(sorted(dataset_cls.provides))}; "
-        f"pick another dataset= or method=",
+        f"'{run.dataset.name}' provides only {', '.join(sorted(provided))}; "
+        + (f"{hint}, or pick another dataset= or method=" if hint else "pick another dataset= or method="),
     )
     method_cls.check(run)
     return run
@@ -128,9 +137,15 @@ def _check_values(run: RunConfig) -> None:
     _require(0 <= t.warmup_fraction < 1, f"train.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null")
     _require(t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got '{t.precision}'")
+    mode = run.logger.wandb.mode
+    _require(mode in WANDB_MODES, f"logger.wandb.mode must be one of {WANDB_MODES}, got '{mode}'")
     _require(t.device in DEVICES, f"train.device must be one of {DEVICES}, got '{t.device}'")
     _require(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _require(
+        t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
+        f"train.checkpoint_every_steps must be >= 1 or null, got {t.checkpoint_every_steps}",
+    )
     _require(run.dataset.image_size >= 8, f"dataset.image_size must be >= 8, got {run.dataset.image_size}")
     _require(e.measure_power_secs > 0, "energy.measure_power_secs must be > 0")
     for key in ("peak_flops_per_s", "power_watts", "pue", "grid_kg_per_kwh"):

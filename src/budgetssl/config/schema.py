@@ -27,6 +27,7 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10
     progress: bool = True
+    checkpoint_every_steps: int | None = 1000  # also on SIGTERM/SIGUSR1 and at the end; null: only those
 
 
 @dataclass
@@ -47,6 +48,22 @@ class EnergyConfig:
     country_iso_code: str = "USA"
     measure_power_secs: float = 15.0
     hardware: HardwareModel = field(default_factory=HardwareModel)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled; credentials come from wandb's own login
+    project: str = "budgetssl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggerConfig:
+    """Loggers beside the run folder's own metrics.jsonl (which is always written)."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass

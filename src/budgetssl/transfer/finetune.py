@@ -123,4 +123,5 @@ def finetune(
         "transfer_flops_breakdown": result.breakdown,
         "transfer_final_loss": result.final_loss,
         "transfer_wall_seconds": result.wall_seconds,
+        "transfer_data_skipped": batches.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
     }

@@ -1,0 +1,66 @@
+"""A run's folder name from its resolved config, so that re-launching a sweep finds its own runs.
+
+`${run_name:}` in hydra.run.dir / hydra.sweep.subdir becomes
+`<command>_<method>_<backbone>_<dataset>_<budget>_<hash>`, the hash taken over the resolved config
+without the keys that cannot change a result (progress bars, logging, workers, the rerun flag). The
+command travels as hydra.job.name, so a launcher's worker process (joblib, submitit) names runs alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# Keys that change how a run is watched, not what it computes.
+IGNORED = {
+    "rerun": None,
+    "logger": None,
+    "train": ("progress", "log_every", "num_workers", "checkpoint_every_steps"),
+    "energy": ("track", "measure_power_secs"),
+}
+RESOLVER = "run_name"
+
+
+def job_name(command: str) -> str:
+    """`budgetssl-pretrain` -> `pretrain`: Hydra's job name, and the first part of a run's name."""
+    return command.removeprefix("budgetssl-")
+
+
+def config_hash(job: dict[str, Any], command: str) -> str:
+    job = {k: v for k, v in job.items() if not (k in IGNORED and IGNORED[k] is None)}
+    for section, keys in IGNORED.items():
+        if keys and isinstance(job.get(section), dict):
+            job[section] = {k: v for k, v in job[section].items() if k not in keys}
+    text = json.dumps({"command": command, **job}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _plain(value: Any) -> Any:
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    )
+
+
+def run_name(_root_: DictConfig) -> str:
+    job = {k: _plain(_root_[k]) for k in _root_ if k != "hydra"}
+    budget = job.get("budget", {}).get("flops")
+    command = str(OmegaConf.select(_root_, "hydra.job.name", default="run"))
+    parts = [
+        command,
+        str(job.get("method", {}).get("name")),
+        str(job.get("backbone", {}).get("name")),
+        str(job.get("dataset", {}).get("name")),
+        f"{budget:.3g}".replace("e+0", "e").replace("e+", "e")
+        if isinstance(budget, (int, float))
+        else str(budget),
+        config_hash(job, command),
+    ]
+    return "_".join(parts)
+
+
+def register() -> None:
+    if not OmegaConf.has_resolver(RESOLVER):
+        OmegaConf.register_new_resolver(RESOLVER, run_name)

@@ -1,0 +1,71 @@
+"""Weights & Biases beside metrics.jsonl: offline by default (files in the run folder, no network),
+online when configured. Credentials stay with wandb's own login (`wandb login` / WANDB_API_KEY in the
+environment); nothing of them is written into the run folder or the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from budgetssl.config.schema import WandbConfig
+from budgetssl.errors import ConfigError
+
+_active: list[Any] = []  # the open wandb run of this process, if any
+
+# Record fields worth seeing in wandb's run table.
+SUMMARY_FIELDS = (
+    "status", "steps", "train_flops", "transfer_flops", "total_flops", "flops_per_step", "miou",
+    "pixel_accuracy", "final_loss", "energy_kwh", "co2_kg", "co2_kg_estimated",
+)  # fmt: skip
+
+
+def log_row(row: dict[str, Any]) -> None:
+    """Send one metrics.jsonl row to the open run, keys prefixed by their stage (pretrain/, transfer/)."""
+    if not _active:
+        return
+    stage = row.get("stage", "train")
+    _active[-1].log(
+        {f"{stage}/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and k != "stage"}
+    )
+
+
+@contextmanager
+def wandb_run(cfg: WandbConfig, folder: Path, name: str, config: dict[str, Any]) -> Iterator[Any]:
+    """One wandb run for the run folder (its files under `folder/wandb/`); a no-op when disabled."""
+    if cfg.mode == "disabled":
+        yield None
+        return
+    import wandb
+
+    try:
+        run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            tags=list(cfg.tags),
+            name=name,
+            dir=str(folder),
+            config=config,
+            mode=cfg.mode,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True, console="off", disable_git=True, x_disable_stats=True),
+        )
+    except (wandb.errors.UsageError, wandb.errors.AuthenticationError, wandb.errors.CommError) as e:
+        raise ConfigError(
+            f"wandb could not start in mode '{cfg.mode}': {e}; for online logging run `wandb login` "
+            f"(or set WANDB_API_KEY in the environment, never in a config), or set logger.wandb.mode=offline"
+        ) from None
+    _active.append(run)
+    try:
+        yield run
+    finally:
+        _active.remove(run)
+        run.finish()
+
+
+def summarize(run: Any, record: dict[str, Any]) -> None:
+    if run is not None:
+        run.summary.update({k: record[k] for k in SUMMARY_FIELDS if record.get(k) is not None})

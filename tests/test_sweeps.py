@@ -1,0 +1,100 @@
+"""Sweeps through Hydra's launchers, run folders named by config, re-launches that skip finished work,
+the study's grid as one command, and wandb offline."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from budgetssl.config.paths import config_dir
+from conftest import TINY, cli, summary
+
+SWEEP = [*TINY, "budget.flops=5e9,6e9"]
+
+
+def run_folders(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("results/runs/*/summary.json"))
+
+
+def test_a_sweep_skips_its_completed_runs_when_launched_again(tmp_path):
+    cli("budgetssl-run", "--multirun", *SWEEP, cwd=tmp_path)
+    folders = run_folders(tmp_path)
+    assert [f.name.rsplit("_", 1)[0] for f in folders] == [
+        "run_supervised_vit_nano_synthetic_5e9",
+        "run_supervised_vit_nano_synthetic_6e9",
+    ]
+    first = {f: summary(f) for f in folders}
+    assert all(r["status"] == "completed" for r in first.values())
+
+    again = cli("budgetssl-run", "--multirun", *SWEEP, cwd=tmp_path)
+    assert again.stdout.count("skipped, already completed") == 2
+    assert {f: summary(f) for f in run_folders(tmp_path)} == first  # untouched
+
+    # A single run of the same config is the same folder; rerun=true runs it again in place.
+    forced = cli("budgetssl-run", *TINY, "budget.flops=5e9", "rerun=true", cwd=tmp_path)
+    assert "skipped" not in forced.stdout and run_folders(tmp_path) == folders
+    assert summary(folders[0])["finished_at"] >= first[folders[0]]["finished_at"]
+    assert summary(folders[0])["started_at"] != first[folders[0]]["started_at"] or (
+        summary(folders[0])["wall_seconds"] != first[folders[0]]["wall_seconds"]
+    )
+
+
+def test_a_failed_run_does_not_stop_the_sweep(tmp_path):
+    proc = cli("budgetssl-pretrain", "--multirun", *TINY, "budget.flops=1e5,5e9", cwd=tmp_path, check=False)
+    assert proc.returncode != 0  # Hydra reports the failed job when the sweep ends
+    records = {f.name.rsplit("_", 2)[1]: summary(f) for f in run_folders(tmp_path)}
+    assert records["1e5"]["status"] == "failed" and "budget" in records["1e5"]["error"]
+    assert records["5e9"]["status"] == "completed"
+
+
+def test_the_submitit_launcher_runs_a_sweep_locally(tmp_path):
+    cli("budgetssl-pretrain", "--multirun", "hydra/launcher=local", *SWEEP, cwd=tmp_path)
+    folders = run_folders(tmp_path)
+    assert len(folders) == 2 and all(summary(f)["status"] == "completed" for f in folders)
+    assert all(f.name.startswith("pretrain_supervised_vit_nano_synthetic_") for f in folders)
+    assert list((tmp_path / "results" / "runs" / ".submitit").glob("*/*_log.out"))  # submitit's own job logs
+
+
+def compose_study(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=["+experiment=study", *overrides], return_hydra_config=True)
+
+
+def test_the_study_grid_is_one_command_for_slurm():
+    cfg = compose_study(
+        "hydra.launcher.partition=gpu", "hydra.launcher.account=lab", "hydra.launcher.nodes=2"
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.account, launcher.nodes) == ("gpu", "lab", 2)
+    assert launcher.gpus_per_node == 8 and launcher.tasks_per_node == 8 and launcher.timeout_min > 0
+    assert launcher.max_num_timeout > 0  # preempted or timed-out jobs are requeued
+    params = cfg.hydra.sweeper.params
+    grid = list(itertools.product(*(str(v).split(",") for v in params.values())))
+    assert len(grid) == 6 * 2 * 5 * 5
+    assert set(str(params.method).split(",")) == {"supervised", "clip", "mae", "dino", "byol", "simclr"}
+    assert set(str(params.backbone).split(",")) == {"vit_base", "vit_large"}
+    assert set(str(params.dataset).split(",")) == {"imagenet1k", "imagenet21k", "coco", "jft300m", "align"}
+    assert cfg.transfer.name == "ade20k" and cfg.dataset.image_size == 224
+
+
+def test_wandb_logs_offline_into_the_run_folder_and_keeps_no_credentials(tmp_path):
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    env_key = {"WANDB_API_KEY": secret}
+    os.environ.update(env_key)
+    try:
+        cli("budgetssl-pretrain", *TINY, "budget.flops=5e9", "logger.wandb.mode=offline", cwd=tmp_path)
+    finally:
+        os.environ.pop("WANDB_API_KEY")
+    (folder,) = run_folders(tmp_path)
+    (offline,) = (folder / "wandb").glob("offline-run-*")
+    assert list(offline.glob("run-*.wandb"))  # the run's history, to `wandb sync` later
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "flops", "loss", "lr", "step_seconds", "data_seconds"} <= set(rows[-1])
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
