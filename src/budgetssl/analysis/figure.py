@@ -21,6 +21,7 @@ LABELS = {
     "miou": "mIoU (%)",
     "pixel_accuracy": "pixel accuracy (%)",
     "co2_kg": "CO2 (kg, measured)",
+    "total_co2_kg": "CO2 (kg, measured, pretraining + transfer)",
     "co2_kg_estimated": "CO2 (kg, estimated)",
     "energy_kwh": "energy (kWh, measured)",
 }
@@ -85,7 +86,7 @@ def plot_runs(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str 
         raise ValueError(f"no completed run has both '{x}' and '{y}' to plot")
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
-    ax.set_title(title or f"{y} vs {x}")
+    ax.set_title(title or f"{_label(y)} vs {_label(x)}")
     ax.legend(fontsize=7)
     return _save(fig, out)
 

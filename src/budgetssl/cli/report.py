@@ -31,7 +31,7 @@ def figures(runs: list[dict[str, Any]], out: Path) -> list[Path]:
     )
     for x, name in (("total_flops", "miou_vs_flops"), (co2, "miou_vs_co2")):
         try:
-            written.append(plot_runs(runs, x, "miou", out / f"{name}.png", f"mIoU vs {x.replace('_', ' ')}"))
+            written.append(plot_runs(runs, x, "miou", out / f"{name}.png"))
             if several:
                 written.append(plot_facets(runs, x, "miou", out / f"{name}_facets.png"))
         except ValueError as e:
