@@ -18,7 +18,8 @@ from budgetssl.methods.zoo.dino import teacher_temp_at
 from budgetssl.pretrain import build, loop_settings
 from conftest import TINY, cli, run_config, small, summary
 
-NEW = ["simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
+# mae_tiny is mae's code with other numbers (its exact FLOPs are in test_method_flops.py): not run twice.
+NEW = ["simclr", "byol", "dino", "mae", "clip"]
 PARTS = {
     "simclr": {"backbone", "projector"},
     "byol": {"backbone", "projector", "predictor", "teacher"},
