@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from budgetssl.config.check import RunConfig, check_config
 from budgetssl.config.paths import config_dir
-from budgetssl.config.run_name import job_name
+from budgetssl.config.run_name import COMMAND_ENV, job_name
 from budgetssl.config.schema import WandbConfig
 from budgetssl.engine import distributed, signals
 from budgetssl.engine.distributed import is_main_process
@@ -157,9 +158,9 @@ def hydra_command(stage: Stage, command: str) -> Callable[[], None]:
             raise SystemExit(code)
 
     def entry() -> None:
-        # The command names its runs (see config/run_name.py); a user's own hydra.job.name wins.
-        if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
-            sys.argv.append(f"hydra.job.name={job_name(command)}")
+        # The command names its runs (config.yaml: hydra.job.name reads it; see config/run_name.py). An
+        # environment variable reaches launcher workers (joblib, submitit) without touching argv.
+        os.environ[COMMAND_ENV] = job_name(command)
         main()
 
     return entry

@@ -3,7 +3,8 @@
 `${run_name:}` in hydra.run.dir / hydra.sweep.subdir becomes
 `<command>_<method>_<backbone>_<dataset>_<budget>_<hash>`, the hash taken over the resolved config
 without the keys that cannot change a result (progress bars, logging, workers, the rerun flag). The
-command travels as hydra.job.name, so a launcher's worker process (joblib, submitit) names runs alike.
+command travels as hydra.job.name (from $BUDGETSSL_COMMAND), so a launcher's worker process (joblib,
+submitit) names runs alike.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ IGNORED = {
     "energy": ("track", "measure_power_secs"),
 }
 RESOLVER = "run_name"
+COMMAND_ENV = "BUDGETSSL_COMMAND"  # set by each console script; config.yaml's hydra.job.name reads it
 
 
 def job_name(command: str) -> str:
