@@ -25,7 +25,6 @@ PARTS = {
     "byol": {"backbone", "projector", "predictor", "teacher"},
     "dino": {"backbone", "head", "teacher"},
     "mae": {"backbone", "decoder"},
-    "mae_tiny": {"backbone", "decoder"},
     "clip": {"backbone", "image_proj", "text"},
 }
 
