@@ -21,7 +21,7 @@ def test_defaults_compose_and_validate():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("+train.lrr=0.1", r"unknown key 'train.lrr'; valid keys under 'train': batch_size, lr,"),
+        ("+train.lrr=0.1", r"unknown key 'train.lrr'; valid keys under 'train': batch_size, optimizer,"),
         ("+method.temperature=0.1", r"unknown key 'method.temperature'; valid keys under 'method': name,"),
         ("+foo=1", r"unknown top-level key 'foo'"),
         ("train.batch_size=abc", r"invalid value for 'train.batch_size'"),
@@ -70,14 +70,18 @@ def test_bad_budget_exits_non_zero_with_a_failed_record(args, message, tmp_path)
 
 def test_user_config_folder_on_the_search_path(tmp_path):
     (tmp_path / "method").mkdir()
-    (tmp_path / "method" / "supervised_smooth.yaml").write_text("name: supervised\nlabel_smoothing: 0.3\n")
+    # A user's method extends a shipped one (its recipe and every default come along) and changes a value.
+    head = "# @package _global_\ndefaults:\n  - /method/supervised\n  - _self_\n"
+    (tmp_path / "method" / "supervised_smooth.yaml").write_text(head + "method:\n  label_smoothing: 0.3\n")
     run = run_config(f"hydra.searchpath=[file://{tmp_path}]", "method=supervised_smooth")
     assert run.method.label_smoothing == 0.3
 
 
 def test_user_config_with_a_misspelt_key_is_refused(tmp_path):
     (tmp_path / "method").mkdir()
-    (tmp_path / "method" / "typo.yaml").write_text("name: supervised\nlabel_smoothin: 0.3\n")
+    (tmp_path / "method" / "typo.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /method/supervised\n  - _self_\nmethod:\n  label_smoothin: 0.3\n"
+    )
     with pytest.raises(ConfigError, match="unknown key 'method.label_smoothin'"):
         run_config(f"hydra.searchpath=[file://{tmp_path}]", "method=typo")
 

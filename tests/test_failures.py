@@ -56,13 +56,26 @@ def test_a_non_finite_loss_fails_the_run_at_its_step(tmp_path):
     assert record["failed_step"] == 1 and "loss is nan at step 1" in record["error"]
 
 
-def test_a_crash_leaves_a_failed_record_with_the_error(tmp_path):
-    # An error budgetssl does not anticipate (timm does not know the optimizer): re-raised, and recorded.
-    with pytest.raises(ValueError, match="nosuchopt"):
-        run_in_process(tmp_path, "train.optimizer=nosuchopt")
+def test_a_crash_leaves_a_failed_record_with_the_error(tmp_path, monkeypatch):
+    # An error budgetssl does not anticipate (here: the optimizer factory breaks): re-raised, and recorded.
+    import budgetssl.engine.loop as loop
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("optimizer factory broke")
+
+    monkeypatch.setattr(loop, "create_optimizer_v2", broken)
+    with pytest.raises(RuntimeError, match="factory broke"):
+        run_in_process(tmp_path)
     record = summary(tmp_path)
-    assert record["status"] == "failed" and record["error_type"] == "ValueError"
-    assert "nosuchopt" in record["error"]
+    assert record["status"] == "failed" and record["error_type"] == "RuntimeError"
+    assert "factory broke" in record["error"]
+
+
+def test_an_unknown_optimizer_is_a_config_error(tmp_path):
+    assert run_in_process(tmp_path, "train.optimizer=nosuchopt") == 2
+    record = summary(tmp_path)
+    assert record["status"] == "failed" and record["error_type"] == "ConfigError"
+    assert "train.optimizer 'nosuchopt'" in record["error"]
 
 
 def test_a_completed_record_is_never_replaced_by_a_failure(tmp_path):

@@ -11,17 +11,19 @@ from typing import Any
 
 import torch
 
-from budgetssl.backbones.backbone import Backbone, build_backbone
+from budgetssl.backbones.backbone import Backbone, build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
 from budgetssl.data.base import build_dataset
 from budgetssl.data.loader import Batches, endless_batches
 from budgetssl.engine import distributed
 from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
 from budgetssl.engine.checkpoint import Checkpoints
-from budgetssl.engine.loop import LoopSettings, train
+from budgetssl.engine.loop import LoopResult, LoopSettings, train
 from budgetssl.engine.precision import resolve_device
+from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.engine.rng import rank_seed
 from budgetssl.engine.seed import seed_everything
+from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import plan_for_budget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, count_forward_flops
 from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
@@ -43,7 +45,7 @@ def build(run: RunConfig) -> tuple[Method, Batches]:
     world = distributed.current()
     seed_everything(run.seed)
     dataset = build_dataset(run.dataset, "train")
-    backbone = build_backbone(run.backbone, run.dataset.image_size)
+    backbone = build_backbone(run.backbone, run.dataset.image_size, drop_path=run.train.drop_path)
     method = build_method(run.method, backbone, dataset.info)
     method = distributed.sync_batch_norm(method, world)  # type: ignore[assignment]
     pin = resolve_device(run.train.device).type == "cuda"
@@ -106,7 +108,10 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
             checkpoints=checkpoints,
             distributed=True,
         )
-    backbone = method.backbone
+    # The transfer fine-tunes every parameter (MAE's fixed position embedding too, as MAE's fine-tuning
+    # does) and without stochastic depth, as a backbone rebuilt from its weights file would.
+    backbone = without_drop_path(method.backbone).requires_grad_(True)
+    scores = validation_scores(run, method) if world.is_main else {}
     provenance = {
         **identity(run),
         "steps": result.steps,
@@ -127,6 +132,9 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
         "steps": result.steps,
         "train_flops": result.flops,
         "budget_unspent_flops": run.budget.flops - result.flops,
+        "recipe": recipe_record(run, result),
+        **method.summary_fields(),
+        **scores,
         "first_loss": result.first_loss,
         "final_loss": result.final_loss,
         "final_lr": result.final_lr,
@@ -146,6 +154,28 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
         "nodes": world.nodes,
         "resumed_from_step": result.resumed_from_step,
     }
+
+
+def recipe_record(run: RunConfig, result: LoopResult) -> dict[str, Any]:
+    """What trained: the recipe as it resolved for this batch, and how many parameters decayed."""
+    counts = result.param_counts
+    return {
+        **resolve_recipe(run.train),
+        "params_with_weight_decay": counts.decayed if counts else None,
+        "params_without_weight_decay": counts.not_decayed if counts else None,
+    }
+
+
+def validation_scores(run: RunConfig, method: Method) -> dict[str, Any]:
+    """The method's scores on the dataset's held-out split (e.g. a classifier's `val_accuracy`), for
+    methods that have something to score; datasets without a held-out split give none."""
+    if type(method).validation_scores is Method.validation_scores:
+        return {}
+    try:
+        val_set = build_dataset(run.dataset, "val")
+    except (BudgetSSLError, FileNotFoundError, ValueError) as e:
+        return {"validation_note": f"no held-out split: {e}"}
+    return method.validation_scores(val_set)
 
 
 def over_nodes(reading: EnergyReading, world: distributed.World) -> tuple[EnergyReading, int]:

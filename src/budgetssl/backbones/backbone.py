@@ -6,6 +6,7 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 
 from budgetssl.config.schema import BackboneConfig
@@ -64,10 +65,22 @@ class Backbone(nn.Module):
         return {"name": self.timm_name, "kwargs": dict(self.timm_kwargs)}
 
 
-def build_backbone(cfg: BackboneConfig, image_size: int) -> Backbone:
+def build_backbone(cfg: BackboneConfig, image_size: int, drop_path: float = 0.0) -> Backbone:
+    """A fresh timm model. `drop_path` (stochastic depth, a pretraining recipe's regulariser) is not
+    part of the architecture: it stays out of `timm_spec`, so a transfer rebuilds the model without it."""
     from budgetssl.backbones.registry import FAMILIES
 
     family = FAMILIES.get(cfg.family)
     kwargs = family.timm_kwargs(cfg, image_size)
-    model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, **kwargs)
+    extra = {"drop_path_rate": drop_path} if drop_path > 0 else {}
+    model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, **kwargs, **extra)
     return family(model, cfg.timm_name, kwargs)
+
+
+def without_drop_path(backbone: Backbone) -> Backbone:
+    """Turn stochastic depth off (after pretraining: the transfer fine-tunes without it, as a backbone
+    rebuilt from its weights file would)."""
+    for module in backbone.modules():
+        if isinstance(module, DropPath):
+            module.drop_prob = 0.0
+    return backbone

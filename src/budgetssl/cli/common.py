@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from omegaconf import DictConfig, OmegaConf
 from budgetssl.config.check import RunConfig, check_config
 from budgetssl.config.paths import config_dir
 from budgetssl.config.run_name import COMMAND_ENV, job_name
-from budgetssl.config.schema import WandbConfig
 from budgetssl.engine import distributed, signals
 from budgetssl.engine.distributed import is_main_process
 from budgetssl.errors import BudgetSSLError
@@ -66,7 +66,7 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
             run = check_config(cfg)
             world = distributed.start(run.train.device)
             folder = _shared_folder(folder, world)
-            logger = run.logger.wandb if main else WandbConfig(mode="disabled")
+            logger = run.logger.wandb if main else replace(run.logger.wandb, mode="disabled")
             with wandb_run(logger, folder, folder.name, run.to_dict()) as wandb:
                 record.update(stage(run, folder))
                 record["status"] = "completed"

@@ -132,10 +132,15 @@ def _check_values(run: RunConfig) -> None:
         f"budget.flops must be a positive number of FLOPs (e.g. budget.flops=2e12), got {b.flops:g}",
     )
     _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(
+        t.lr is None or t.lr > 0, f"train.lr must be > 0 or null (scaled from train.base_lr), got {t.lr}"
+    )
     _require(0 <= t.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {t.final_lr_ratio}")
     _require(0 <= t.warmup_fraction < 1, f"train.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null")
+    from budgetssl.engine.recipe import check_recipe
+
+    check_recipe(t)
     _require(t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got '{t.precision}'")
     mode = run.logger.wandb.mode
     _require(mode in WANDB_MODES, f"logger.wandb.mode must be one of {WANDB_MODES}, got '{mode}'")

@@ -15,19 +15,32 @@ class BudgetConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # global batch
-    lr: float = 1e-3  # peak learning rate, reached at the end of warm-up
-    final_lr_ratio: float = 0.01  # cosine decays to lr * final_lr_ratio on the last step
-    warmup_fraction: float = 0.1  # fraction of the planned steps spent warming up
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # any name timm.optim.create_optimizer_v2 knows
-    grad_clip: float | None = 1.0
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda
-    num_workers: int = 0
-    log_every: int = 10
-    progress: bool = True
-    checkpoint_every_steps: int | None = 1000  # also on SIGTERM/SIGUSR1 and at the end; null: only those
+    """The training loop and the method's recipe. configs/config.yaml holds the defaults, each method's
+    config overrides the recipe part (optimizer ... drop_path) with its published values."""
+
+    batch_size: int = MISSING  # global batch
+    optimizer: str = MISSING  # any name timm.optim.create_optimizer_v2 knows (adamw, lars, sgd, lamb, ...)
+    base_lr: float = MISSING  # the recipe's lr for a batch of lr_reference_batch
+    lr_scaling: str = MISSING  # linear (base_lr * B / ref) | sqrt (base_lr * sqrt(B / ref)) | none
+    lr_reference_batch: int = MISSING  # the batch base_lr is stated for (256 in most recipes)
+    lr: float | None = MISSING  # null: base_lr scaled by lr_scaling; a number: this peak lr, unscaled
+    betas: list[float] | None = MISSING  # Adam-family (beta1, beta2); null for SGD/LARS
+    momentum: float | None = MISSING  # SGD/LARS momentum; null for the Adam family
+    eps: float | None = MISSING  # null: the optimizer's own default
+    weight_decay: float = MISSING
+    weight_decay_end: float | None = MISSING  # null: constant; else cosine weight_decay -> this (DINO)
+    no_weight_decay: list[str] = MISSING  # parameters without weight decay: biases_norms, tokens
+    final_lr_ratio: float = MISSING  # cosine decays to lr * final_lr_ratio on the last step
+    warmup_fraction: float = MISSING  # fraction of the planned steps spent warming up
+    grad_clip: float | None = MISSING  # null: no clipping
+    grad_clip_mode: str = MISSING  # global (one norm over all gradients) | per_param (DINO's clip)
+    drop_path: float = MISSING  # stochastic depth rate of the pretrained backbone
+    precision: str = MISSING  # fp32 | bf16 | fp16
+    device: str = MISSING  # auto | cpu | cuda
+    num_workers: int = MISSING
+    log_every: int = MISSING
+    progress: bool = MISSING
+    checkpoint_every_steps: int | None = MISSING  # also on SIGTERM/SIGUSR1 and at the end; null: only those
 
 
 @dataclass
@@ -44,19 +57,19 @@ class HardwareModel:
 
 @dataclass
 class EnergyConfig:
-    track: bool = True  # measure with codecarbon's offline tracker
-    country_iso_code: str = "USA"
-    measure_power_secs: float = 15.0
+    track: bool = MISSING  # measure with codecarbon's offline tracker
+    country_iso_code: str = MISSING
+    measure_power_secs: float = MISSING
     hardware: HardwareModel = field(default_factory=HardwareModel)
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled; credentials come from wandb's own login
-    project: str = "budgetssl"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
+    mode: str = MISSING  # offline | online | disabled; credentials come from wandb's own login
+    project: str = MISSING
+    entity: str | None = MISSING
+    group: str | None = MISSING
+    tags: list[str] = MISSING
 
 
 @dataclass
@@ -71,8 +84,8 @@ class BackboneConfig:
     name: str = MISSING
     family: str = MISSING  # vit | cnn: how feature maps are read out of the timm model
     timm_name: str = MISSING
-    patch_size: int | None = None  # ViTs only
-    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    patch_size: int | None = MISSING  # ViTs only
+    kwargs: dict[str, Any] = MISSING  # passed to timm.create_model
 
 
 @dataclass
@@ -80,8 +93,8 @@ class DatasetConfig:
     """Fields every pretraining dataset has; each dataset subclasses it with its own."""
 
     name: str = MISSING
-    root: str | None = None
-    image_size: int = 32
+    root: str | None = MISSING
+    image_size: int = MISSING
 
 
 @dataclass
@@ -96,20 +109,21 @@ class TransferConfig:
     """Fine-tuning a segmentation head; each transfer dataset subclasses it with its own fields."""
 
     name: str = MISSING
-    root: str | None = None
-    from_run: str | None = None  # a pretraining run folder; null = backbone from this run or random init
-    image_size: int = 32
-    head: str = "linear"  # linear (1x1 conv on the last map) | multilevel (FPN-style, several depths)
-    freeze_backbone: bool = False
-    layer_decay: float | None = None  # layer-wise lr decay for the backbone (e.g. 0.65); null = off
-    steps: int | None = 100  # the transfer budget in steps ...
-    flops: float | None = None  # ... or in FLOPs (set steps=null), metered like pretraining
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the head's
-    final_lr_ratio: float = 0.01
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    eval_batch_size: int = 64
-    eval_mode: str = "resize"  # resize (score at image_size) | slide (windows of image_size, full resolution)
-    eval_stride: int | None = None  # slide mode's stride; null = 2/3 of a window
+    root: str | None = MISSING
+    from_run: str | None = MISSING  # a pretraining run folder; null = backbone from this run or random init
+    image_size: int = MISSING
+    head: str = MISSING  # linear (1x1 conv on the last map) | multilevel (FPN-style, several depths)
+    freeze_backbone: bool = MISSING
+    layer_decay: float | None = MISSING  # layer-wise lr decay for the backbone (e.g. 0.65); null = off
+    steps: int | None = MISSING  # the transfer budget in steps ...
+    flops: float | None = MISSING  # ... or in FLOPs (set steps=null), metered like pretraining
+    batch_size: int = MISSING
+    lr: float = MISSING
+    backbone_lr_scale: float = MISSING  # the backbone's learning rate relative to the head's
+    final_lr_ratio: float = MISSING
+    warmup_fraction: float = MISSING
+    weight_decay: float = MISSING
+    eval_batch_size: int = MISSING
+    eval_mode: str = MISSING  # resize (score at image_size) | slide (windows of image_size, full resolution)
+    eval_stride: int | None = MISSING  # slide mode's stride; null = 2/3 of a window
+    probe: bool = MISSING  # also score the backbone frozen, with a linear head (probe_miou, probe_flops)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from omegaconf import MISSING
 
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.base import PretrainDataset, Sample
@@ -33,10 +34,10 @@ LAYOUTS = ("folders", "flat", "auto")
 
 @dataclass
 class ClassFolderConfig(DatasetConfig):
-    train_dir: str = "train"  # the training split's folder under dataset.root
-    val_dir: str = "val"
-    skip_corrupt: bool = False  # true: skip unreadable images (counted in summary.json: data_skipped)
-    cache_dir: str | None = None  # where the file index is cached; null = ~/.cache/budgetssl/index
+    train_dir: str = MISSING  # the training split's folder under dataset.root
+    val_dir: str = MISSING
+    skip_corrupt: bool = MISSING  # true: skip unreadable images (counted in summary.json: data_skipped)
+    cache_dir: str | None = MISSING  # where the file index is cached; null = ~/.cache/budgetssl/index
 
 
 def read_class_list(path: Path) -> list[tuple[str, str]]:

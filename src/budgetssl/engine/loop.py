@@ -31,7 +31,15 @@ from budgetssl.engine.checkpoint import CheckpointError, Checkpoints
 from budgetssl.engine.distributed import World, all_reduce_gradients, check_in_sync, current, wrap
 from budgetssl.engine.precision import Precision, resolve_device
 from budgetssl.engine.progress import Progress
-from budgetssl.engine.schedule import step_fraction, warmup_cosine
+from budgetssl.engine.recipe import (
+    ParamCounts,
+    clip_per_parameter,
+    count_params,
+    optimizer_kwargs,
+    param_groups,
+    peak_lr,
+)
+from budgetssl.engine.schedule import cosine, step_fraction, warmup_cosine
 from budgetssl.engine.signals import Interrupted
 from budgetssl.engine.state import RunState, restore, snapshot
 from budgetssl.errors import BudgetSSLError
@@ -49,7 +57,7 @@ class NonFiniteLoss(BudgetSSLError):
 
 @dataclass
 class LoopSettings:
-    lr: float
+    lr: float  # the peak lr, after batch scaling
     final_lr_ratio: float
     warmup_fraction: float
     weight_decay: float
@@ -59,11 +67,17 @@ class LoopSettings:
     device: str = "auto"
     log_every: int = 10
     progress: bool = True
+    betas: tuple[float, float] | None = None  # null: the optimizer's default
+    eps: float | None = None
+    momentum: float | None = None
+    weight_decay_end: float | None = None  # null: constant; else cosine weight_decay -> this
+    no_weight_decay: tuple[str, ...] = ("biases_norms", "tokens")
+    grad_clip_mode: str = "global"  # global | per_param
 
     @classmethod
     def from_train(cls, t: TrainConfig) -> LoopSettings:
         return cls(
-            lr=t.lr,
+            lr=peak_lr(t),
             final_lr_ratio=t.final_lr_ratio,
             warmup_fraction=t.warmup_fraction,
             weight_decay=t.weight_decay,
@@ -73,6 +87,12 @@ class LoopSettings:
             device=t.device,
             log_every=t.log_every,
             progress=t.progress,
+            betas=tuple(t.betas) if t.betas is not None else None,  # type: ignore[arg-type]
+            eps=t.eps,
+            momentum=t.momentum,
+            weight_decay_end=t.weight_decay_end,
+            no_weight_decay=tuple(t.no_weight_decay),
+            grad_clip_mode=t.grad_clip_mode,
         )
 
 
@@ -89,6 +109,7 @@ class LoopResult:
     last_logs: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int = 0  # 0: this run was never interrupted (or restarted from scratch)
     world_size: int = 1
+    param_counts: ParamCounts | None = None  # trained parameters with and without weight decay
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -104,10 +125,19 @@ class Trainer:
         self.device = self.world.device if self.world.distributed else resolve_device(settings.device)
         self.task = task.to(self.device)
         self.precision = Precision(settings.precision, self.device)
-        # A task may group its parameters (e.g. a backbone at a lower learning rate: "lr_scale").
-        groups = task.param_groups(settings.weight_decay) if hasattr(task, "param_groups") else task
+        # A task may group its parameters (e.g. a backbone at a lower learning rate: "lr_scale");
+        # otherwise the recipe's rule says which parameters skip weight decay.
+        if hasattr(task, "param_groups"):
+            groups = task.param_groups(settings.weight_decay)
+        else:
+            groups = param_groups(task, settings.weight_decay, settings.no_weight_decay)
+        self.param_counts = count_params(groups)
         self.optimizer = create_optimizer_v2(
-            groups, opt=settings.optimizer, lr=settings.lr, weight_decay=settings.weight_decay
+            groups,
+            opt=settings.optimizer,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            **optimizer_kwargs(settings.betas, settings.eps, settings.momentum),
         )
         self.params = [p for p in task.parameters() if p.requires_grad]
         if not self.params:
@@ -130,7 +160,31 @@ class Trainer:
         end = s.lr * s.final_lr_ratio
         return warmup_cosine(fraction, peak=s.lr, end=end, warmup=s.warmup_fraction, start=end)
 
-    def step(self, batch: dict[str, Any], counter: PassCounter | None, fraction: float):
+    def weight_decay_at(self, fraction: float) -> float:
+        """Constant, or DINO's cosine from weight_decay to weight_decay_end over the budget."""
+        s = self.settings
+        if s.weight_decay_end is None:
+            return s.weight_decay
+        return cosine(fraction, s.weight_decay, s.weight_decay_end)
+
+    def schedule(self, fraction: float) -> float:
+        """Set this step's lr (times each group's lr_scale) and weight decay (decayed groups only)."""
+        lr, wd = self.lr_at(fraction), self.weight_decay_at(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if group.get("decay", group.get("weight_decay", 0) > 0):
+                group["weight_decay"] = wd
+        return lr
+
+    def step(
+        self,
+        batch: dict[str, Any],
+        counter: PassCounter | None,
+        fraction: float,
+        before_step_end: Callable[[], dict[str, float] | None] | None = None,
+    ):
+        """One update. `before_step_end` runs after the optimizer step and before the task's
+        on_step_end (the metered first step plans the budget there, so EMA teachers know it)."""
         metered = counter is not None
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler
@@ -143,13 +197,20 @@ class Trainer:
         if metered and self.world.distributed:
             self.find_unused = self.world.any(any(p.grad is None for p in self.params))
             all_reduce_gradients(self.params, self.world)
+        if hasattr(self.task, "on_after_backward"):
+            self.task.on_after_backward(fraction)  # e.g. DINO's frozen last layer drops its gradients
         with count("optimizer"):
             if self.settings.grad_clip is not None:
                 scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+                if self.settings.grad_clip_mode == "per_param":
+                    clip_per_parameter(self.params, self.settings.grad_clip)
+                else:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
             scaler.step(self.optimizer)
             scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if before_step_end is not None:
+            scheduled = {**scheduled, **(before_step_end() or {})}
         logs = {**scheduled, **out.logs}
         if hasattr(self.task, "on_step_end"):
             with count("after_step"):
@@ -170,6 +231,27 @@ class Trainer:
             if name in first.breakdown:
                 counter.passes[name] = dict(first.breakdown[name])
         return counter
+
+
+class EarlyPlan:
+    """The plan from the first step's cost before the task's after-step work (EMA updates), told to the
+    task so that step's update already follows it. That work is element-wise and counts 0 FLOPs in
+    practice; where it does not, the loop re-makes the plan from the whole step and tells it again."""
+
+    def __init__(self, counter: PassCounter, world: World, make_plan: Callable[[int], Plan], task: nn.Module):
+        self.counter, self.world, self.make_plan, self.task = counter, world, make_plan, task
+        self.steps = 0
+
+    def __call__(self) -> dict[str, float]:
+        passes = summed(self.counter.passes, self.world)
+        self.steps = self.make_plan(sum(p["total"] for p in passes.values())).steps
+        return tell_plan(self.task, self.steps)
+
+
+def tell_plan(task: nn.Module, steps: int) -> dict[str, float]:
+    """Give the task the plan's length once it is known (budget-aware schedules, e.g. EMA teachers);
+    what it returns are scheduled values the plan changed."""
+    return (task.on_plan(steps) or {}) if hasattr(task, "on_plan") else {}
 
 
 def summed(passes: dict[str, dict[str, int]], world: World) -> dict[str, dict[str, int]]:
@@ -220,6 +302,7 @@ def train(
     if log is not None:
         log.discard_after(label, state.step)  # rows an interrupted attempt logged past its checkpoint
     if state.plan is not None:
+        tell_plan(task, state.plan.steps)
         progress.start(state.plan.steps, state.plan.budget_flops)
         progress.update(state.step, state.spent, state.loss)
     task.train()
@@ -242,16 +325,17 @@ def train(
             batch = to_device(next(batches), trainer.device)
             data_seconds = time.perf_counter() - tick
             fraction = 0.0 if state.plan is None else step_fraction(state.step, state.plan.steps)
-            lr = trainer.lr_at(fraction)
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            lr = trainer.schedule(fraction)
             cost = meter.known(batch)
             if state.plan is None:
                 counter = PassCounter()
-                loss, logs = trainer.step(batch, counter, fraction)
+                early = EarlyPlan(counter, world, make_plan, task)
+                loss, logs = trainer.step(batch, counter, fraction, before_step_end=early)
                 counter.passes = summed(counter.passes, world)
                 state.first = cost = meter.record(batch, counter)
                 state.plan = make_plan(cost.total)
+                if state.plan.steps != early.steps:
+                    tell_plan(task, state.plan.steps)
                 progress.start(state.plan.steps, state.plan.budget_flops)
             else:
                 if world.any(cost is None):  # every rank prices the new shape, so the sum is global
@@ -306,4 +390,5 @@ def train(
         last_logs=state.logs,
         resumed_from_step=resumed_from,
         world_size=world.size,
+        param_counts=trainer.param_counts,
     )

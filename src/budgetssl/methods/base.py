@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
+from budgetssl.methods.ema import EmaTeacher
 
 if TYPE_CHECKING:
     from budgetssl.config.check import RunConfig
@@ -25,10 +27,14 @@ class Method(nn.Module):
     - `needs`: sample fields the method reads besides the image ("label", "caption").
     - `forward_only`: names of submodules that run forward only (EMA teachers); they get no
       gradients and no optimizer state, and the meter counts their forward passes once.
-    - `on_step_start(fraction)` sets scheduled values (temperatures, momenta) for the step about
-      to run; `forward(batch)` computes its loss; `on_step_end(fraction)` runs after the optimizer
-      step (EMA updates). `fraction` is the share of the planned budget spent: 0 on the first
-      step, 1 on the last, so every budget gets a complete schedule.
+    - `on_plan(steps)` is told the plan's length once the budget is priced (budget-aware EMA);
+      `on_step_start(fraction)` sets scheduled values (temperatures, momenta) for the step about
+      to run; `forward(batch)` computes its loss; `on_after_backward(fraction)` may edit gradients
+      before clipping and the optimizer step (DINO's frozen last layer); `on_step_end(fraction)`
+      runs after the optimizer step (EMA updates). `fraction` is the share of the planned budget
+      spent: 0 on the first step, 1 on the last, so every budget gets a complete schedule.
+    - `validation_scores(val_set)` scores the pretrained model on held-out data where the method can
+      (a classifier's accuracy); `summary_fields()` adds what the record should say of the method.
     - State that a resumed run needs (EMA teachers, centres, the current scheduled values) lives
       in parameters and buffers, so it is part of `state_dict()` and of every checkpoint.
     """
@@ -53,6 +59,32 @@ class Method(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         raise NotImplementedError
+
+    def on_plan(self, steps: int) -> dict[str, float]:
+        """The plan has `steps` updates: fit every EMA teacher's momentum schedule to it. Returns the
+        momentum the current (first) step's update will use, to log in place of the unplanned one."""
+        starts = [teacher.plan(steps) for teacher in self.teachers()]
+        return {"momentum": starts[0]} if starts else {}
+
+    def on_after_backward(self, fraction: float) -> None:
+        """Called after the backward pass, before gradient clipping and the optimizer step."""
+
+    def validation_scores(self, val_set: Dataset) -> dict[str, float]:
+        """Scores on the held-out split after pretraining; none unless the method has a task to score."""
+        return {}
+
+    def summary_fields(self) -> dict[str, float]:
+        """The EMA teacher's planned start momentum and the initial teacher's weight in the final one."""
+        teachers = self.teachers()
+        if not teachers:
+            return {}
+        return {
+            "teacher_init_weight": float(teachers[0].init_weight),
+            "teacher_base_momentum": float(teachers[0].planned_base),
+        }
+
+    def teachers(self) -> list[EmaTeacher]:
+        return [m for m in self.modules() if isinstance(m, EmaTeacher)]
 
     def on_step_start(self, fraction: float) -> dict[str, float]:
         """Called before each step's forward; returns scheduled values worth logging."""

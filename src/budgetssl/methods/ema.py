@@ -2,6 +2,18 @@
 
 timm's ModelEmaV3 follows one whole module; a teacher here follows a chain of student parts
 (backbone, then a head) that stay registered once, on the method, so the copy is ours.
+
+A budget-aware momentum. BYOL and DINO raise the momentum from m0 = 0.996 to 1 on a cosine over
+training. After N updates the initial teacher's weight in the final one is W = prod_i m_i. A short plan
+keeps the teacher near its random start (N = 55 at the demo's 1e12 FLOPs: W = 0.89), so the teacher
+must move faster when the plan is short. The rule, derived for the cosine schedule: with
+m_i = 1 - (1 - m0) (1 + cos(pi i / (N - 1))) / 2, i = 0 .. N-1, the cosines cancel in pairs, so
+sum_i (1 - m_i) = (1 - m0) N / 2 exactly, and since ln(m) <= -(1 - m),
+W <= exp(-(1 - m0) N / 2). Hence the planned start
+    m0' = min(m0, 1 - 2 ln(1 / W_max) / N)   (clamped at 0)
+keeps W <= W_max = 1% at any plan length and equals the reference schedule (m0' = m0) whenever the
+plan has at least 2 ln(100) / (1 - m0) = 2303 updates (m0 = 0.996), which every reference run has
+(BYOL: 300 epochs of ImageNet at batch 4096, about 94k updates).
 """
 
 from __future__ import annotations
@@ -14,16 +26,28 @@ from torch import nn
 
 from budgetssl.engine.schedule import cosine
 
+MAX_INIT_WEIGHT = 0.01  # the most the random initial teacher may weigh in the final one
+
 
 def momentum_at(fraction: float, base: float) -> float:
     """BYOL/DINO schedule: cosine from `base` at the start to 1 at the end of the budget."""
     return cosine(fraction, base, 1.0)
 
 
+def planned_base_momentum(base: float, steps: int, max_init_weight: float = MAX_INIT_WEIGHT) -> float:
+    """The start of the cosine schedule for a plan of `steps` updates (the module docstring derives it):
+    the reference's `base` when the plan is long enough, lower when it is short."""
+    if steps < 1:
+        return base
+    return max(0.0, min(base, 1.0 - 2.0 * math.log(1.0 / max_init_weight) / steps))
+
+
 class EmaTeacher(nn.Module):
     """Forward-only copies of `parts`, applied in order; updated as teacher = m*teacher + (1-m)*student.
 
-    The current momentum is a buffer, so a checkpoint holds the schedule's position with the weights.
+    The current momentum, the planned start of its schedule and the initial teacher's weight in the
+    current one (`init_weight`, the product of the momenta so far) are buffers, so a checkpoint holds
+    them with the weights.
     """
 
     def __init__(self, parts: dict[str, nn.Module], base_momentum: float) -> None:
@@ -32,6 +56,17 @@ class EmaTeacher(nn.Module):
         self.parts.requires_grad_(False)
         self.base_momentum = base_momentum
         self.register_buffer("momentum", torch.tensor(base_momentum, dtype=torch.float64))
+        self.register_buffer("planned_base", torch.tensor(base_momentum, dtype=torch.float64))
+        self.register_buffer("init_weight", torch.tensor(1.0, dtype=torch.float64))
+
+    def plan(self, steps: int) -> float:
+        """Fit the schedule to a plan of `steps` updates; re-sets the current step's momentum, whose
+        update has not run yet when the plan becomes known (the engine's first, metered step)."""
+        start = planned_base_momentum(self.base_momentum, steps)
+        if float(self.momentum) == float(self.planned_base) and float(self.init_weight) == 1.0:
+            self.momentum.fill_(start)  # still at fraction 0, before any update
+        self.planned_base.fill_(start)
+        return start
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +75,7 @@ class EmaTeacher(nn.Module):
         return x
 
     def schedule(self, fraction: float) -> float:
-        m = momentum_at(fraction, self.base_momentum)
+        m = momentum_at(fraction, float(self.planned_base))
         self.momentum.fill_(m)
         return m
 
@@ -49,6 +84,7 @@ class EmaTeacher(nn.Module):
         if set(students) != set(self.parts):
             raise ValueError(f"teacher parts {sorted(self.parts)} != student parts {sorted(students)}")
         m = float(self.momentum)
+        self.init_weight.mul_(m)
         teacher_params, student_params = [], []
         for name, part in self.parts.items():
             student = students[name]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import MISSING
+
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.base import PretrainDataset, Sample
 from budgetssl.data.corrupt import load_or_skip
@@ -36,10 +38,12 @@ SPLITS = ("train", "val")
 
 @dataclass
 class COCOConfig(DatasetConfig):
-    year: str = "2017"  # folders train<year>/, val<year>/ and their annotation files
-    labels: bool = False  # true: labels from instances_<split><year>.json (the largest-area category)
-    skip_corrupt: bool = False  # true: skip unreadable images (counted in summary.json: data_skipped)
-    cache_dir: str | None = None  # where the parsed annotations are cached; null = ~/.cache/budgetssl/index
+    year: str = MISSING  # folders train<year>/, val<year>/ and their annotation files
+    labels: bool = MISSING  # true: labels from instances_<split><year>.json (the largest-area category)
+    skip_corrupt: bool = MISSING  # true: skip unreadable images (counted in summary.json: data_skipped)
+    cache_dir: str | None = (
+        MISSING  # where the parsed annotations are cached; null = ~/.cache/budgetssl/index
+    )
 
 
 def read_json(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import MISSING
+
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.base import PretrainDataset, Sample
 from budgetssl.data.corrupt import load_or_skip
@@ -22,8 +24,8 @@ from budgetssl.errors import ConfigError
 
 @dataclass
 class ImageFolderConfig(DatasetConfig):
-    skip_corrupt: bool = False  # true: skip unreadable images (counted in summary.json: data_skipped)
-    cache_dir: str | None = None  # where the file index is cached; null = ~/.cache/budgetssl/index
+    skip_corrupt: bool = MISSING  # true: skip unreadable images (counted in summary.json: data_skipped)
+    cache_dir: str | None = MISSING  # where the file index is cached; null = ~/.cache/budgetssl/index
 
 
 @DATASETS.register("image_folder")

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from budgetssl.data.class_folders import ClassFolderConfig, ClassFolders
 from budgetssl.data.registry import DATASETS
 
 
 @dataclass
 class ImageNet21KConfig(ClassFolderConfig):
-    layout: str = "auto"  # auto | folders | flat
-    class_list: str | None = None  # file under dataset.root: "<id>[ <name>]" per line; required for flat
+    layout: str = MISSING  # auto | folders | flat
+    class_list: str | None = MISSING  # file under dataset.root: "<id>[ <name>]" per line; required for flat
 
 
 @DATASETS.register("imagenet21k")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import MISSING
 
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.base import Sample, StreamingDataset, ignore
@@ -48,12 +49,12 @@ WARN_FIRST = 3  # skipped samples warned about per worker and pass; all are coun
 
 @dataclass
 class WebDatasetConfig(DatasetConfig):
-    shards: str | None = None  # e.g. "{00000..00099}.tar" (under root) or "/data/laion/{00000..41407}.tar"
-    caption_key: str | None = "txt"  # file extension, or "json:<field>"; null = no captions
-    label_key: str | None = None  # "cls", or "json:<field>"; null = no labels
-    num_classes: int | None = None  # label sets: labels are 0..num_classes-1
-    class_list: str | None = None  # label sets: a file of class names, one per line (line = label)
-    shuffle_buffer: int = 1000  # samples mixed at a time in each worker
+    shards: str | None = MISSING  # e.g. "{00000..00099}.tar" (under root) or "/data/laion/{00000..41407}.tar"
+    caption_key: str | None = MISSING  # file extension, or "json:<field>"; null = no captions
+    label_key: str | None = MISSING  # "cls", or "json:<field>"; null = no labels
+    num_classes: int | None = MISSING  # label sets: labels are 0..num_classes-1
+    class_list: str | None = MISSING  # label sets: a file of class names, one per line (line = label)
+    shuffle_buffer: int = MISSING  # samples mixed at a time in each worker
 
 
 class Skipped(Exception):
