@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from budgetssl.cli.flops import measure
-from conftest import small
+from conftest import run_config, small
 
 
 @dataclass
@@ -53,6 +53,11 @@ def step(*overrides: str) -> dict:
     return measure([*TINY, *overrides])
 
 
+def sizes(method: str):
+    """The method's head sizes as the tests' CPU config (conftest.small) resolves them."""
+    return run_config(*small(method)).method
+
+
 @pytest.fixture(scope="module")
 def supervised() -> dict:
     return step(*small("supervised"))
@@ -65,18 +70,20 @@ def test_the_closed_form_vit_count_matches_the_meter(supervised):
 
 
 def test_simclr_costs_two_supervised_steps_plus_its_projector(supervised):
-    got = step(*small("simclr"))
-    projector = linear(96, 64, 32)
-    similarities = 3 * 2 * (2 * BATCH) * (2 * BATCH) * 32  # NT-Xent: 2B anchors x 2B candidates
+    got, m = step(*small("simclr")), sizes("simclr")
+    assert m.proj_layers == 3  # as the MoCo v3 ViT study's (its norms count 0)
+    projector = linear(96, m.proj_hidden_dim, m.proj_hidden_dim, m.proj_dim)
+    similarities = 3 * 2 * (2 * BATCH) * (2 * BATCH) * m.proj_dim  # NT-Xent: 2B anchors x 2B candidates
     assert got["flops_per_step"] == 2 * BATCH * (NANO.trained(SIZE) + 3 * projector) + similarities
     assert got["flops_per_step"] / supervised["flops_per_step"] == pytest.approx(2.0, rel=0.05)
     assert set(got["breakdown"]["forward"]) == {"total", "backbone", "projector"}
 
 
 def test_byol_adds_the_teachers_forward_not_a_third_trained_pass(supervised):
-    got = step(*small("byol"))
-    online = NANO.trained(SIZE) + 3 * (linear(96, 64, 32) + linear(32, 64, 32))
-    teacher = NANO.forward(SIZE) + linear(96, 64, 32)
+    got, m = step(*small("byol")), sizes("byol")
+    projector = linear(96, m.proj_hidden_dim, m.proj_hidden_dim, m.proj_dim)  # 3 layers
+    online = NANO.trained(SIZE) + 3 * (projector + linear(m.proj_dim, m.pred_hidden_dim, m.proj_dim))
+    teacher = NANO.forward(SIZE) + projector
     assert got["flops_per_step"] == 2 * BATCH * (online + teacher)
     assert got["breakdown"]["forward"]["teacher"] == 2 * BATCH * teacher
     # Backbone-dominated: (2 views x 3 + 2 views x 1) / 3 = 8/3 of supervised, well short of 3x.
@@ -84,8 +91,8 @@ def test_byol_adds_the_teachers_forward_not_a_third_trained_pass(supervised):
 
 
 def test_dino_counts_every_global_and_local_crop_and_the_teacher_on_global_crops():
-    got = step(*small("dino"), "method.local_crops=3", "method.local_crop_size=8")
-    head = linear(96, 64, 64, 32) + linear(32, 256)
+    got, m = step(*small("dino"), "method.local_crops=3", "method.local_crop_size=8"), sizes("dino")
+    head = linear(96, m.hidden_dim, m.hidden_dim, m.bottleneck_dim) + linear(m.bottleneck_dim, m.out_dim)
     student = 2 * (NANO.trained(16) + 3 * head) + 3 * (NANO.trained(8) + 3 * head)
     teacher = 2 * (NANO.forward(16) + head)
     assert got["flops_per_step"] == BATCH * (student + teacher)
@@ -106,19 +113,23 @@ def mae_forward(vit: ViT, size: int, ratio: float, dec_dim: int, dec_depth: int)
 
 
 def test_mae_encodes_visible_tokens_only_and_decodes_all_of_them():
-    got = step(*small("mae"))
+    got, m = step(*small("mae")), sizes("mae")
     patches = (SIZE // NANO.patch) ** 2
-    forward = mae_forward(NANO, SIZE, 0.75, 32, 1)
+    forward = mae_forward(NANO, SIZE, 0.75, m.decoder_dim, m.decoder_depth)
     assert got["flops_per_step"] == BATCH * (3 * forward - NANO.patch_embed(patches))
     encoder = NANO.patch_embed(patches) + NANO.blocks(patches // 4 + 1)
     assert got["breakdown"]["forward"]["backbone"] == BATCH * encoder
-    tiny = step(*small("mae_tiny"))
-    assert tiny["flops_per_step"] == BATCH * (3 * mae_forward(NANO, SIZE, 0.85, 32, 1) - NANO.patch_embed(16))
+    tiny, t = step(*small("mae_tiny")), sizes("mae_tiny")
+    cost = mae_forward(NANO, SIZE, 0.85, t.decoder_dim, t.decoder_depth)
+    assert tiny["flops_per_step"] == BATCH * (3 * cost - NANO.patch_embed(16))
 
 
 def test_mae_on_vit_base_with_the_reference_decoder_costs_a_little_over_half_of_supervised():
     common = ["backbone=vit_base", "dataset.image_size=224", "dataset.num_train=1", "train.batch_size=1"]
-    sup = measure([*common, "method=supervised", "energy.track=false"])
+    # mixup pairs images, so it needs an even batch: off for this batch of one (it costs no FLOPs)
+    sup = measure(
+        [*common, "method=supervised", "method.mixup_alpha=0", "method.cutmix_alpha=0", "energy.track=false"]
+    )
     mae = measure([*common, "method=mae", "energy.track=false"])
     base = ViT(dim=768, depth=12, patch=16)
     assert mae["flops_per_step"] == 3 * mae_forward(base, 224, 0.75, 512, 8) - base.patch_embed(196)
@@ -127,10 +138,11 @@ def test_mae_on_vit_base_with_the_reference_decoder_costs_a_little_over_half_of_
 
 
 def test_clip_adds_the_text_tower(supervised):
-    got = step(*small("clip"))
-    ctx, width = 16, 32
-    text = ViT().blocks(ctx, width, 1) + linear(width, 32)  # causal attention counted at full n^2 cost
-    image = NANO.trained(SIZE) + 3 * linear(96, 32)
-    similarities = 3 * 2 * (2 * BATCH * BATCH * 32)  # images x texts and texts x images
+    got, m = step(*small("clip")), sizes("clip")
+    ctx, width, embed = m.context_length, m.text_width, m.embed_dim
+    # causal attention counted at full n^2 cost
+    text = ViT().blocks(ctx, width, m.text_layers) + linear(width, embed)
+    image = NANO.trained(SIZE) + 3 * linear(96, embed)
+    similarities = 3 * 2 * (2 * BATCH * BATCH * embed)  # images x texts and texts x images
     assert got["flops_per_step"] == BATCH * (image + 3 * text) + similarities
     assert got["breakdown"]["forward"]["text"] == BATCH * text

@@ -21,7 +21,7 @@ from conftest import BIN, TINY, small, summary
 SETTINGS = [
     *TINY,
     *small("mae"),
-    "budget.flops=8e9",
+    "budget.flops=1.1e10",
     "train.checkpoint_every_steps=3",
     "train.log_every=1",
 ]

@@ -6,16 +6,45 @@ import torch
 from torchvision.transforms import v2
 
 from budgetssl.data.info import DataInfo
+from budgetssl.errors import ConfigError
+
+# How a random resized crop resamples. The references differ: DINO (main_dino.py), MAE
+# (main_pretrain.py), open_clip (transform.py), SimCLR's TF code (data_util.py) and BYOL's (dataset.py)
+# resize bicubic; MoCo v3 (main_moco.py), whose ViT study is the SimCLR/BYOL-on-ViT reference, keeps
+# torchvision's default, bilinear.
+INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+
+
+def check_interpolation(interpolation: str) -> None:
+    """Refuse an unknown `method.interpolation` at config time."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"method.interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{interpolation}'"
+        )
+
+
+def resized_crop(size: int, scale: tuple[float, float], interpolation: str) -> v2.RandomResizedCrop:
+    """torchvision's random resized crop with the reference's resampling (antialiased)."""
+    check_interpolation(interpolation)
+    return v2.RandomResizedCrop(
+        size, scale=scale, interpolation=INTERPOLATIONS[interpolation], antialias=True
+    )
 
 
 def to_normalized(data: DataInfo) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
 
 
-def random_crop_flip(data: DataInfo, size: int, scale: tuple[float, float], flip: bool = True) -> v2.Compose:
+def random_crop_flip(
+    data: DataInfo,
+    size: int,
+    scale: tuple[float, float],
+    flip: bool = True,
+    interpolation: str = "bilinear",
+) -> v2.Compose:
     """The classification recipe: random resized crop and (unless `flip` is off) horizontal flip."""
     flips = [v2.RandomHorizontalFlip()] if flip else []
-    return v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), *flips, *to_normalized(data)])
+    return v2.Compose([resized_crop(size, scale, interpolation), *flips, *to_normalized(data)])
 
 
 def blur_kernel(size: int) -> int:
@@ -33,11 +62,12 @@ def ssl_crop(
     gray_p: float = 0.2,
     blur_p: float = 0.0,
     solarize_p: float = 0.0,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
     """The SimCLR/BYOL/DINO family of views: crop, flip, colour jitter, greyscale, blur, solarize."""
     b, c, s, h = jitter
     ops: list = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        resized_crop(size, scale, interpolation),
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)], p=jitter_p),
         v2.RandomGrayscale(p=gray_p),

@@ -2,7 +2,9 @@
 
 An online network (backbone, projector, predictor) regresses the projection of a target network that
 trails it by EMA; the momentum rises from `base_momentum` to 1 on a cosine over the budget. The loss
-is symmetric: each view's prediction regresses the other view's target.
+is symmetric: each view's prediction regresses the other view's target. On ViTs the projector and
+predictor are the MoCo v3 study's (3 and 2 layers, batch norm after every one); on ResNets BYOL's own
+(configs/method/resnet/byol.yaml).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
-from budgetssl.backbones.backbone import Backbone
+from budgetssl.backbones.backbone import Backbone, without_drop_path
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, ssl_crop
+from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.ema import EmaTeacher
 from budgetssl.methods.heads import mlp
@@ -30,11 +33,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class BYOLConfig(MethodConfig):
-    base_momentum: float = 0.996
-    proj_hidden_dim: int = 4096
-    proj_dim: int = 256
-    pred_hidden_dim: int = 4096
-    crop_scale_min: float = 0.08
+    """Values in configs/method/byol.yaml (cited there)."""
+
+    base_momentum: float = MISSING
+    proj_hidden_dim: int = MISSING
+    proj_dim: int = MISSING
+    proj_layers: int = MISSING  # linear layers of the projector
+    pred_hidden_dim: int = MISSING
+    pred_layers: int = MISSING  # linear layers of the predictor
+    last_bn: bool = MISSING  # batch norm (no affine) on the projector's and the predictor's outputs
+    crop_scale_min: float = MISSING
+    interpolation: str = MISSING  # resampling of the crops: bilinear | bicubic
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -54,9 +63,24 @@ class BYOL(Method):
 
     def __init__(self, cfg: BYOLConfig, backbone: Backbone, data: DataInfo) -> None:
         super().__init__(cfg, backbone, data)
-        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
-        self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim)
+        self.projector = mlp(
+            backbone.num_features,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+            layers=cfg.proj_layers,
+            last_bn=cfg.last_bn,
+            last_bias=False,
+        )
+        self.predictor = mlp(
+            cfg.proj_dim,
+            cfg.pred_hidden_dim,
+            cfg.proj_dim,
+            layers=cfg.pred_layers,
+            last_bn=cfg.last_bn,
+            last_bias=False,
+        )
         self.teacher = EmaTeacher({"backbone": backbone, "projector": self.projector}, cfg.base_momentum)
+        without_drop_path(self.teacher.parts["backbone"])  # the target network runs without stochastic depth
 
     @classmethod
     def check(cls, run: RunConfig) -> None:
@@ -65,11 +89,14 @@ class BYOL(Method):
             raise ConfigError(f"method.base_momentum must be in [0, 1], got {cfg.base_momentum}")
         if not 0 < cfg.crop_scale_min <= 1:
             raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+        if min(cfg.proj_layers, cfg.pred_layers) < 1:
+            raise ConfigError("method.proj_layers and method.pred_layers must be >= 1")
+        check_interpolation(cfg.interpolation)
 
     def views(self) -> MultiView:
-        size, scale = self.data.image_size, (self.cfg.crop_scale_min, 1.0)
-        first = ssl_crop(self.data, size, scale, blur_p=1.0)
-        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2)
+        size, scale, resample = self.data.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.interpolation
+        first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
+        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
         return MultiView({"views": [first, second]})
 
     def on_step_start(self, fraction: float) -> dict[str, float]:

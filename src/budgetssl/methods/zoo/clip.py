@@ -3,7 +3,10 @@
 The backbone is the image tower; a small causal text transformer (open_clip's) is the text tower;
 both project to a shared space where a symmetric InfoNCE loss with a learnable temperature (logit
 scale clamped at 100, as in the reference) pairs each image with its caption among all of the batch,
-gathered across ranks.
+gathered across ranks. The projections start as open_clip's: N(0, width^-0.5) for the image
+projection (VisionTransformer.proj, width = the image tower's) and the text projection, whose tower
+open_clip's TextTransformer.init_parameters initialises itself (token embedding N(0, 0.02), position
+N(0, 0.01), attention N(0, width^-0.5), residual projections scaled by (2 layers)^-0.5).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from open_clip.transformer import TextTransformer
 from torch import nn
 
@@ -22,7 +26,7 @@ from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import random_crop_flip
+from budgetssl.methods.augment import check_interpolation, random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.captions import CAPTION_SOURCES, CaptionView
 from budgetssl.methods.distributed import gather, world
@@ -37,14 +41,17 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 @dataclass
 class CLIPConfig(MethodConfig):
-    embed_dim: int = 512
-    text_width: int = 384  # MiniLM-sized text tower (12 layers, 384 wide), as in the study
-    text_layers: int = 12
-    text_heads: int = 12
-    context_length: int = 77
-    init_temperature: float = 0.07
-    captions: str = "auto"  # auto: captions if the dataset has them, else pseudo-captions from labels
-    crop_scale_min: float = 0.9
+    """Values in configs/method/clip.yaml (cited there)."""
+
+    embed_dim: int = MISSING
+    text_width: int = MISSING  # MiniLM-sized text tower (12 layers, 384 wide), as in the study
+    text_layers: int = MISSING
+    text_heads: int = MISSING
+    context_length: int = MISSING
+    init_temperature: float = MISSING
+    captions: str = MISSING  # auto: captions if the dataset has them, else pseudo-captions from labels
+    crop_scale_min: float = MISSING
+    interpolation: str = MISSING  # resampling of the crop: bicubic (open_clip transform.py) | bilinear
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,7 @@ class CLIP(Method):
     def __init__(self, cfg: CLIPConfig, backbone: Backbone, data: DataInfo) -> None:
         super().__init__(cfg, backbone, data)
         self.image_proj = nn.Linear(backbone.num_features, cfg.embed_dim, bias=False)
+        nn.init.normal_(self.image_proj.weight, std=backbone.num_features**-0.5)  # open_clip's proj init
         self.text = TextTransformer(
             context_length=cfg.context_length,
             vocab_size=VOCAB_SIZE,
@@ -105,12 +113,13 @@ class CLIP(Method):
             raise ConfigError("method.embed_dim, method.text_layers and method.context_length must be >= 1")
         if not 0 < cfg.init_temperature <= 1:
             raise ConfigError(f"method.init_temperature must be in (0, 1], got {cfg.init_temperature}")
+        check_interpolation(cfg.interpolation)
 
     def views(self) -> CaptionView:
         scale = (self.cfg.crop_scale_min, 1.0)
-        crop = random_crop_flip(
-            self.data, self.data.image_size, scale, flip=False
-        )  # captions may say left/right
+        crop = random_crop_flip(  # no flip: captions may say left/right (open_clip's training views)
+            self.data, self.data.image_size, scale, flip=False, interpolation=self.cfg.interpolation
+        )
         return CaptionView(crop, self.data.class_names, self.cfg.captions, self.cfg.context_length)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:

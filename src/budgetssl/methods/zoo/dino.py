@@ -3,7 +3,10 @@
 Multi-crop: `global_crops` views at the dataset's resolution and `local_crops` smaller ones. The
 student sees every crop, the EMA teacher the global ones; the student matches the teacher's centred,
 sharpened distribution on every pair of different crops. The teacher temperature warms up linearly
-and the momentum rises on a cosine, both over the fraction of budget spent.
+and the momentum rises on a cosine, both over the fraction of budget spent. The head's last layer is
+frozen for the first `freeze_last_layer_fraction` of the budget (the reference's freeze_last_layer
+epochs over its epochs): its gradients are dropped before clipping and the update, as the reference's
+utils.cancel_gradients_last_layer does.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
-from budgetssl.backbones.backbone import Backbone
+from budgetssl.backbones.backbone import Backbone, without_drop_path
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, ssl_crop
+from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import mean_over_ranks
 from budgetssl.methods.ema import EmaTeacher
@@ -34,21 +38,25 @@ REFERENCE_LOCAL_RATIO = 96 / 224  # the reference's local crop side over its glo
 
 @dataclass
 class DINOConfig(MethodConfig):
-    global_crops: int = 2
-    local_crops: int = 8
-    local_crop_size: int | None = None  # null: 96/224 of the image size, rounded to the patch size
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_fraction: float = 0.125
-    center_momentum: float = 0.9
-    base_momentum: float = 0.996
+    """Values in configs/method/dino.yaml (the reference's, cited there)."""
+
+    global_crops: int = MISSING
+    local_crops: int = MISSING
+    local_crop_size: int | None = MISSING  # null: 96/224 of the image size, rounded to the patch size
+    global_crop_scale: tuple[float, float] = MISSING
+    local_crop_scale: tuple[float, float] = MISSING
+    out_dim: int = MISSING
+    hidden_dim: int = MISSING
+    bottleneck_dim: int = MISSING
+    norm_last_layer: bool = MISSING  # true: the last layer's weight-norm gain is fixed at 1
+    freeze_last_layer_fraction: float = MISSING  # the last layer gets no update before this fraction
+    student_temp: float = MISSING
+    warmup_teacher_temp: float = MISSING
+    teacher_temp: float = MISSING
+    warmup_teacher_temp_fraction: float = MISSING
+    center_momentum: float = MISSING
+    base_momentum: float = MISSING
+    interpolation: str = MISSING  # resampling of the crops: bicubic (main_dino.py) | bilinear
 
 
 def local_size(cfg: DINOConfig, image_size: int, patch_size: int | None) -> int:
@@ -100,6 +108,7 @@ class DINO(Method):
             norm_last_layer=cfg.norm_last_layer,
         )
         self.teacher = EmaTeacher({"backbone": backbone, "head": self.head}, cfg.base_momentum)
+        without_drop_path(self.teacher.parts["backbone"])  # main_dino.py builds the teacher without it
         self.local_size = local_size(cfg, data.image_size, getattr(backbone, "patch_size", None))
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         self.register_buffer("teacher_temp", torch.tensor(cfg.warmup_teacher_temp, dtype=torch.float64))
@@ -137,8 +146,10 @@ class DINO(Method):
         for name in ("student_temp", "warmup_teacher_temp", "teacher_temp"):
             if getattr(cfg, name) <= 0:
                 raise ConfigError(f"method.{name} must be > 0, got {getattr(cfg, name)}")
-        if not 0 <= cfg.warmup_teacher_temp_fraction <= 1:
-            raise ConfigError("method.warmup_teacher_temp_fraction must be in [0, 1]")
+        for name in ("warmup_teacher_temp_fraction", "freeze_last_layer_fraction"):
+            if not 0 <= getattr(cfg, name) <= 1:
+                raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(cfg, name)}")
+        check_interpolation(cfg.interpolation)
         for name in ("center_momentum", "base_momentum"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(cfg, name)}")
@@ -147,11 +158,19 @@ class DINO(Method):
         cfg, size = self.cfg, self.data.image_size
         blur = [1.0, 0.1] + [0.5] * max(cfg.global_crops - 2, 0)
         solarize = [0.0, 0.2] + [0.0] * max(cfg.global_crops - 2, 0)
+        resample = cfg.interpolation
         globals_ = [
-            ssl_crop(self.data, size, cfg.global_crop_scale, blur_p=blur[i], solarize_p=solarize[i])
+            ssl_crop(
+                self.data,
+                size,
+                cfg.global_crop_scale,
+                blur_p=blur[i],
+                solarize_p=solarize[i],
+                interpolation=resample,
+            )
             for i in range(cfg.global_crops)
         ]
-        local = ssl_crop(self.data, self.local_size, cfg.local_crop_scale, blur_p=0.5)
+        local = ssl_crop(self.data, self.local_size, cfg.local_crop_scale, blur_p=0.5, interpolation=resample)
         return MultiView({"global": globals_, "local": [local] * cfg.local_crops})
 
     def on_step_start(self, fraction: float) -> dict[str, float]:
@@ -180,6 +199,14 @@ class DINO(Method):
         )
         self.update_center(t)
         return StepOutput(loss)
+
+    def on_after_backward(self, fraction: float) -> None:
+        """Drop the last layer's gradients while it is frozen (main_dino.py: cancel_gradients_last_layer
+        after backward, before the optimizer step); an optimizer skips a parameter without a gradient,
+        so it gets neither an update nor weight decay."""
+        if fraction < self.cfg.freeze_last_layer_fraction:
+            for p in self.head.last.parameters():
+                p.grad = None
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

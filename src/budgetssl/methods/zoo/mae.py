@@ -3,15 +3,20 @@
 A random `mask_ratio` of patch tokens is dropped per image; the ViT encoder runs on the visible ones
 only, and a light transformer decoder, given mask tokens at the dropped positions, reconstructs the
 (per-patch normalised) pixels of the masked patches. `mae_tiny` is the study's cheaper variant.
+
+As in the reference (facebookresearch/mae models_mae.py), the encoder's and the decoder's position
+embeddings are the fixed 2-D sin-cos embedding (zeros at the class token), not trained and so not
+decayed, and every linear layer (encoder and decoder) starts xavier-uniform with zero bias.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
-from timm.layers import build_sincos2d_pos_embed
+from omegaconf import MISSING
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -20,7 +25,7 @@ from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import SingleView, random_crop_flip
+from budgetssl.methods.augment import SingleView, check_interpolation, random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.registry import METHODS
 
@@ -30,12 +35,68 @@ if TYPE_CHECKING:
 
 @dataclass
 class MAEConfig(MethodConfig):
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True
-    crop_scale_min: float = 0.2
+    """Values in configs/method/mae.yaml and mae_tiny.yaml (cited there)."""
+
+    mask_ratio: float = MISSING
+    decoder_dim: int = MISSING
+    decoder_depth: int = MISSING
+    decoder_heads: int = MISSING
+    norm_pix_loss: bool = MISSING
+    crop_scale_min: float = MISSING
+    interpolation: str = MISSING  # resampling of the crop: bicubic (main_pretrain.py) | bilinear
+
+
+# models_mae.py builds ViT-B (and its decoder) with LayerNorm(eps=1e-6), as timm's ViTs are.
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def sincos_pos_embed(grid: int, dim: int, prefix: int) -> torch.Tensor:
+    """MAE's fixed position embedding (util/pos_embed.py get_2d_sincos_pos_embed), (prefix + grid^2, dim):
+    the first half of the channels encodes a patch's column, the second half its row, each as
+    [sin(p w), cos(p w)] over frequencies w = 10000^(-k / (dim / 4)); prefix tokens get zeros."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    row, col = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # ViT order: row-major
+
+    def axis(position: torch.Tensor) -> torch.Tensor:
+        angles = position.flatten().to(torch.float64)[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat(
+        [torch.zeros(prefix, dim, dtype=torch.float64), torch.cat([axis(col), axis(row)], 1)]
+    ).float()
+
+
+def xavier_init(module: nn.Module) -> None:
+    """models_mae.py `_init_weights`: xavier-uniform linears (JAX ViT's init) with zero bias, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def init_encoder(backbone: Backbone, grid: int) -> None:
+    """The encoder as models_mae.py initialises it: the fixed sin-cos position embedding (frozen: no
+    gradient, so no update and no weight decay), the patch projection xavier-uniform as a linear layer,
+    the class token N(0, 0.02), every linear xavier-uniform."""
+    vit = backbone.model
+    pos = vit.pos_embed
+    prefix = pos.shape[1] - grid * grid  # 0 where the ViT keeps its class token out of the embedding
+    with torch.no_grad():
+        pos.copy_(sincos_pos_embed(grid, pos.shape[2], prefix).unsqueeze(0))
+    pos.requires_grad_(False)
+    xavier_init(vit)
+    weight = vit.patch_embed.proj.weight
+    with torch.no_grad():
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+    if getattr(vit, "cls_token", None) is not None:
+        nn.init.normal_(vit.cls_token, std=0.02)
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -78,15 +139,17 @@ class MAEDecoder(nn.Module):
         self.prefix = prefix
         self.embed = nn.Linear(encoder_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-        pos = build_sincos2d_pos_embed([grid, grid], cfg.decoder_dim)
-        self.register_buffer(
-            "pos", torch.cat([torch.zeros(prefix, cfg.decoder_dim), pos]).unsqueeze(0), persistent=False
-        )
+        pos = sincos_pos_embed(grid, cfg.decoder_dim, prefix)
+        self.register_buffer("pos", pos.unsqueeze(0), persistent=False)
         self.blocks = nn.Sequential(
-            *[Block(cfg.decoder_dim, cfg.decoder_heads, qkv_bias=True) for _ in range(cfg.decoder_depth)]
+            *[
+                Block(cfg.decoder_dim, cfg.decoder_heads, qkv_bias=True, norm_layer=LayerNorm)
+                for _ in range(cfg.decoder_depth)
+            ]
         )
-        self.norm = nn.LayerNorm(cfg.decoder_dim)
+        self.norm = LayerNorm(cfg.decoder_dim)
         self.pred = nn.Linear(cfg.decoder_dim, patch * patch * 3)
+        xavier_init(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
@@ -108,6 +171,7 @@ class MAE(Method):
         super().__init__(cfg, backbone, data)
         self.patch = backbone.patch_size
         self.grid = data.image_size // self.patch
+        init_encoder(backbone, self.grid)
         self.decoder = MAEDecoder(
             cfg, backbone.num_features, self.grid, self.patch, backbone.num_prefix_tokens
         )
@@ -132,11 +196,23 @@ class MAE(Method):
                 "method.decoder_depth and method.decoder_dim must be >= 1, with decoder_dim divisible by "
                 f"decoder_heads (got {cfg.decoder_depth}, {cfg.decoder_dim}, {cfg.decoder_heads})"
             )
+        if cfg.decoder_dim % 4:
+            raise ConfigError(
+                f"method.decoder_dim={cfg.decoder_dim} must be divisible by 4 (the decoder's 2-D sin-cos "
+                "position embedding)"
+            )
         if not 0 < cfg.crop_scale_min <= 1:
             raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
+        check_interpolation(cfg.interpolation)
 
     def views(self) -> SingleView:
-        return SingleView(random_crop_flip(self.data, self.data.image_size, (self.cfg.crop_scale_min, 1.0)))
+        crop = random_crop_flip(
+            self.data,
+            self.data.image_size,
+            (self.cfg.crop_scale_min, 1.0),
+            interpolation=self.cfg.interpolation,
+        )
+        return SingleView(crop)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         images = batch["image"]

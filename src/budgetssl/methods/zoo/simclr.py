@@ -1,7 +1,9 @@
 """SimCLR (Chen et al., 2020, "A Simple Framework for Contrastive Learning of Visual Representations").
 
 Two views per image, a projection MLP, and the NT-Xent loss with every other view of the (global,
-cross-rank) batch as a negative.
+cross-rank) batch as a negative. On ViTs the projector is the MoCo v3 study's (Chen, Xie & He 2021):
+3 layers, batch norm after every one, the last without affine parameters; on ResNets SimCLR's own
+(configs/method/resnet/simclr.yaml).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, ssl_crop
+from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import gather, world
 from budgetssl.methods.heads import mlp
@@ -29,11 +32,16 @@ if TYPE_CHECKING:
 
 @dataclass
 class SimCLRConfig(MethodConfig):
-    temperature: float = 0.1
-    proj_hidden_dim: int = 2048
-    proj_dim: int = 128
-    crop_scale_min: float = 0.08
-    color_strength: float = 1.0
+    """Values in configs/method/simclr.yaml (cited there)."""
+
+    temperature: float = MISSING
+    proj_hidden_dim: int = MISSING
+    proj_dim: int = MISSING
+    proj_layers: int = MISSING  # linear layers of the projector
+    proj_last_bn: bool = MISSING  # batch norm (no affine) on the projector's output
+    crop_scale_min: float = MISSING
+    color_strength: float = MISSING  # SimCLR's colour-distortion strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s)
+    interpolation: str = MISSING  # resampling of the crops: bilinear | bicubic
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,7 +68,14 @@ class SimCLR(Method):
 
     def __init__(self, cfg: SimCLRConfig, backbone: Backbone, data: DataInfo) -> None:
         super().__init__(cfg, backbone, data)
-        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_dim)
+        self.projector = mlp(
+            backbone.num_features,
+            cfg.proj_hidden_dim,
+            cfg.proj_dim,
+            layers=cfg.proj_layers,
+            last_bn=cfg.proj_last_bn,
+            last_bias=False,
+        )
 
     @classmethod
     def check(cls, run: RunConfig) -> None:
@@ -71,6 +86,9 @@ class SimCLR(Method):
             raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
         if cfg.color_strength < 0:
             raise ConfigError(f"method.color_strength must be >= 0, got {cfg.color_strength}")
+        if cfg.proj_layers < 1:
+            raise ConfigError(f"method.proj_layers must be >= 1, got {cfg.proj_layers}")
+        check_interpolation(cfg.interpolation)
 
     def views(self) -> MultiView:
         s = self.cfg.color_strength
@@ -80,6 +98,7 @@ class SimCLR(Method):
             (self.cfg.crop_scale_min, 1.0),
             jitter=(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)),
             blur_p=0.5,
+            interpolation=self.cfg.interpolation,
         )
         return MultiView({"views": [crop, crop]})
 
