@@ -7,7 +7,7 @@ import torch
 
 from budgetssl.data.base import build_dataset
 from budgetssl.data.sets.synthetic import SPLITS, scene
-from budgetssl.data.shapes import COLOURS, IGNORE, SHAPES, shape_region
+from budgetssl.data.shapes import COLOURS, DISTRACTOR_RADIUS, IGNORE, MAIN_RADIUS, SHAPES, shape_region
 from conftest import run_config
 
 
@@ -62,3 +62,15 @@ def test_masks_match_images_and_captions():
         words = s.caption.split(" and ")
         assert words[0] == f"a {main.colour} {main.kind}"
         assert sorted(words) == sorted(f"a {o.colour} {o.kind}" for o in s.objects)
+
+
+def test_the_labelled_object_is_the_largest_and_fills_much_of_the_frame():
+    # What lets a small ViT learn the shapes within the demo's budgets (data/shapes.py MAIN_RADIUS).
+    assert MAIN_RADIUS[0] > DISTRACTOR_RADIUS[1]
+    for index in range(40):
+        s = scene(0, "train", index, 16, 3)
+        n = 2 * 16
+        main, others = s.objects[-1], s.objects[:-1]
+        assert MAIN_RADIUS[0] * n <= main.radius <= MAIN_RADIUS[1] * n
+        assert all(o.radius < main.radius for o in others)
+        assert (s.mask == 1 + SHAPES.index(main.kind)).mean() > 0.08  # a small triangle: about 0.1

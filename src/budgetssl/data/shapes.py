@@ -22,6 +22,13 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 IGNORE = 255
 OBJECT_NOISE = 8.0  # std of per-pixel noise on object colours
+# Radii as fractions of the image side. The main (labelled) object is large: a shape is told from its
+# outline, and a ViT with 4-px patches learns outlines from few examples only when they span several
+# patches at the demo's 16 px. vit_nano at 16 px, supervised (AdamW, lr 2e-3), 640 steps of 32 (1e12
+# FLOPs), held-out accuracy over the 5 shapes (chance 20%): 36% with the main radius at 0.22-0.34 (before),
+# 59% at 0.28-0.40, 69% at 0.32-0.46. Distractors stay smaller than the smallest main object.
+MAIN_RADIUS = (0.32, 0.46)
+DISTRACTOR_RADIUS = (0.12, 0.2)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def render(rng: np.random.Generator, size: int, max_objects: int) -> Scene:
     objects = []
     for i in range(count):
         main = i == count - 1
-        r = rng.uniform(0.22, 0.34) * n if main else rng.uniform(0.12, 0.2) * n
+        r = rng.uniform(*MAIN_RADIUS) * n if main else rng.uniform(*DISTRACTOR_RADIUS) * n
         cx, cy = rng.uniform(r, n - r, size=2)
         kind = SHAPES[int(rng.integers(len(SHAPES)))]
         colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]

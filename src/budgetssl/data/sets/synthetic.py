@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torchvision import tv_tensors
 
 from budgetssl.config.schema import DatasetConfig
@@ -25,10 +26,12 @@ SPLITS = {"train": 0, "val": 1, "transfer_train": 2, "transfer_val": 3}
 
 @dataclass
 class SyntheticConfig(DatasetConfig):
-    data_seed: int = 0
-    num_train: int = 20000
-    num_val: int = 512
-    max_objects: int = 3
+    """configs/dataset/synthetic.yaml holds the values."""
+
+    data_seed: int = MISSING
+    num_train: int = MISSING
+    num_val: int = MISSING
+    max_objects: int = MISSING
 
 
 def scene(data_seed: int, split: str, index: int, image_size: int, max_objects: int) -> Scene:
