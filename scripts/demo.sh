@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo on the built-in synthetic data, on CPU (configs/experiment/demo.yaml): a sweep of the six
 # methods at three budgets, two runs at a time, each pretrained and transferred; the random-init baseline;
-# then the report (table, findings, figures). results/demo/ is rebuilt from scratch on every run.
+# then the report (table, findings, figures), once for the fine-tuned mIoU (report.md, miou_vs_*.png) and
+# once for the frozen linear probe (report_probe_miou.md, probe_miou_vs_*.png), into the same folder.
+# results/demo/ is rebuilt from scratch on every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=results/demo
@@ -13,8 +15,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 budgetssl-run --multirun +experiment=demo </dev/null
 budgetssl-transfer +experiment=demo "hydra.run.dir=$out/runs/random_init" </dev/null
 budgetssl-report "$out/runs" --out "$out"
+budgetssl-report "$out/runs" --out "$out" --metric probe_miou
 
 echo
 echo "demo: finished in $(( $(date +%s) - start )) s"
 echo "demo: run records in $out/runs/*/summary.json"
-echo "demo: report in $out/report.md"
+echo "demo: report in $out/report.md (fine-tuned) and $out/report_probe_miou.md (frozen, linear probe)"

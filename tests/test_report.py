@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from budgetssl.cli import report
 from conftest import cli
 
 
@@ -27,11 +30,14 @@ def section(report: str, title: str) -> list[str]:
 def make_runs(root):
     base = {"status": "completed", "dataset": "synthetic", "backbone": "vit_nano", "energy_kwh": 1e-4,
             "co2_kg": 4e-5, "co2_kg_estimated": 1e-7, "transfer_flops": 1e11}  # fmt: skip
-    for i, (budget, miou) in enumerate([(1e12, 30.0), (2e12, 35.5)]):
+    recipe = {"optimizer": "lars", "lr": 1.2e-4, "base_lr": 1e-4}
+    for i, (budget, miou, probe) in enumerate([(1e12, 30.0, 22.0), (2e12, 35.5, 27.0)]):
         write(root, f"sup{i}", {**base, "method": "supervised", "budget_flops": budget, "train_flops": budget,
-                                "total_flops": budget + 1e11, "miou": miou})  # fmt: skip
+                                "total_flops": budget + 1e11, "miou": miou, "miou_objects": miou - 10,
+                                "probe_miou": probe, "probe_flops": 4e10, "recipe": recipe})  # fmt: skip
     write(root, "random", {**base, "method": "random_init", "budget_flops": 0.0, "train_flops": 0,
-                           "total_flops": 1e11, "miou": 25.0})  # fmt: skip
+                           "total_flops": 1e11, "miou": 25.0, "miou_objects": 12.0, "probe_miou": 20.0,
+                           "probe_flops": 4e10})  # fmt: skip
     write(root, "failed", {"status": "failed", "error": "boom", "method": "supervised"})
     write(root, "corrupt", '{"status": "compl')
 
@@ -48,6 +54,50 @@ def test_report_tables_completed_runs_and_counts_the_rest(tmp_path):
     figure = tmp_path / "out" / "miou_vs_flops.png"
     assert figure.stat().st_size > 10_000
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_by_another_metric_writes_its_own_files_beside_the_default(tmp_path, capsys):
+    make_runs(tmp_path / "runs")
+    out = tmp_path / "out"
+    report.main([str(tmp_path / "runs"), "--out", str(out)])
+    report.main([str(tmp_path / "runs"), "--out", str(out), "--metric", "probe_miou"])
+    default, probe = (out / "report.md").read_text(), (out / "report_probe_miou.md").read_text()
+    for name in ("miou_vs_flops", "probe_miou_vs_flops", "miou_vs_co2", "probe_miou_vs_co2"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](probe_miou_vs_flops.png)" in probe and "probe_miou_vs_flops" not in default
+    # The findings rank by the chosen metric: random init's probe 20.00, supervised's best probe 27.00.
+    assert "- random init (vit_nano): probe mIoU 20.00" in probe
+    assert "- random init (vit_nano): mIoU 25.00" in default
+    assert "| 2e+12 | supervised | synthetic | vit_nano | 27.00 |" in probe
+    assert "| 2e+12 | supervised | synthetic | vit_nano | 35.50 |" in default
+    # The table of runs is the same in both: the recipe and every score, "-" where a record has none.
+    header, *rows = section(probe, "## Runs")
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = {r.split(" | ")[0][2:]: [c.strip() for c in r.strip("|").split("|")] for r in rows}
+    at = {
+        name: columns.index(name) for name in ("optimizer", "lr (scaled)", "probe mIoU %", "objects mIoU %")
+    }
+    assert [cells["random_init"][at[c]] for c in at] == ["-", "-", "20.00", "12.00"]
+    assert (
+        cells["supervised"][at["optimizer"]] == "lars" and cells["supervised"][at["lr (scaled)"]] == "0.00012"
+    )
+    assert section(default, "## Runs") == [header, *rows]
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "runs"), "--metric", "accuracy"])
+    assert "invalid choice: 'accuracy'" in capsys.readouterr().err
+
+
+def test_a_metric_no_run_has_is_a_clear_error(tmp_path, capsys):
+    write(
+        tmp_path / "runs", "old", {"status": "completed", "method": "mae", "miou": 30.0, "total_flops": 1e12}
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "runs"), "--metric", "probe_miou"])
+    assert exit_info.value.code == 1
+    assert (
+        "no completed run has 'probe_miou' (run the transfer with transfer.probe=true)"
+        in capsys.readouterr().err
+    )
 
 
 def test_plot_chosen_axes_and_empty_folder(tmp_path):

@@ -16,6 +16,7 @@ from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.evaluate import slide_logits, window_starts
 from budgetssl.transfer.finetune import score
 from budgetssl.transfer.heads import Segmenter
+from budgetssl.transfer.metrics import scores_from_confusion
 from budgetssl.transfer.views import eval_view, full_view, train_view
 from conftest import TINY, cli, run_config, summary
 
@@ -100,3 +101,18 @@ def test_a_mask_label_outside_the_class_list_is_a_clear_error():
     for view in (train_view(info, 16), eval_view(info, 16), full_view(info)):
         with pytest.raises(DataError, match=r"holds label 7, but the transfer dataset has 3 classes"):
             view(sample)
+
+
+def test_miou_objects_leaves_the_background_out():
+    # Rows: target, columns: prediction. Background (0) is easy, the two objects are not.
+    cm = torch.tensor([[90.0, 5.0, 5.0], [4.0, 4.0, 2.0], [6.0, 0.0, 4.0]])
+    iou = [90 / (100 + 100 - 90), 4 / (10 + 9 - 4), 4 / (10 + 11 - 4)]
+    with_background = scores_from_confusion(cm, background_index=0)
+    assert with_background["miou"] == pytest.approx(100 * sum(iou) / 3)
+    assert with_background["miou_objects"] == pytest.approx(100 * (iou[1] + iou[2]) / 2)
+    assert with_background["miou_objects"] < with_background["miou"]  # the easy background lifts mIoU
+    none = scores_from_confusion(cm, background_index=None)  # e.g. ADE20K: every class is scored
+    assert none["miou_objects"] == none["miou"] == with_background["miou"]
+    # A class absent from targets and predictions is left out of both means, as in mIoU.
+    sparse = scores_from_confusion(torch.tensor([[5.0, 0, 0], [0, 0, 0], [0, 0, 3.0]]), background_index=0)
+    assert sparse["miou_objects"] == pytest.approx(100.0) and sparse["per_class_iou"][1] is None

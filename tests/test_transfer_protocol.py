@@ -1,6 +1,8 @@
-"""The transfer protocol's options: heads, frozen backbone, layer-wise lr decay, a FLOP budget."""
+"""The transfer protocol's options: heads, frozen backbone, layer-wise lr decay, a FLOP budget, the probe."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -8,8 +10,10 @@ import torch
 from budgetssl.backbones.backbone import build_backbone
 from budgetssl.engine.loop import LoopSettings, Trainer
 from budgetssl.errors import ConfigError
+from budgetssl.transfer import finetune, stage
+from budgetssl.transfer.finetune import transfer_settings
 from budgetssl.transfer.heads import Segmenter
-from conftest import TINY, cli, run_config, summary
+from conftest import TINY, cli, run_config, small, summary
 
 
 def segmenter(backbone: str, size: int, head: str, **kwargs) -> Segmenter:
@@ -61,13 +65,14 @@ def test_frozen_backbone_gets_no_gradient_and_no_optimizer_state():
     assert not optimized & {id(p) for p in model.backbone.parameters()}
 
 
-def test_transfer_budget_in_flops_with_the_multilevel_head(tmp_path):
+def test_transfer_budget_in_flops_with_the_multilevel_head_and_the_probe(tmp_path):
     cli(
         "budgetssl-transfer",
         *TINY,
         "transfer.head=multilevel",
         "transfer.steps=null",
         "transfer.flops=3e9",
+        "transfer.probe=true",
         f"hydra.run.dir={tmp_path}",
     )
     r = summary(tmp_path)
@@ -76,6 +81,52 @@ def test_transfer_budget_in_flops_with_the_multilevel_head(tmp_path):
     assert r["transfer_flops"] <= 3e9 < r["transfer_flops"] + per_step
     assert r["transfer_steps"] == 3e9 // per_step and r["total_flops"] == r["transfer_flops"]
     assert set(r["transfer_flops_breakdown"]["forward"]) >= {"backbone", "head"}
+    # The random-init baseline gets the probe too: the same FLOP budget, spent on a linear head over the
+    # frozen backbone (no backward through it, so cheaper steps and more of them), and not in total_flops.
+    assert (
+        r["method"] == "random_init" and 0 <= r["probe_miou"] <= 100 and 0 <= r["probe_miou_objects"] <= 100
+    )
+    assert r["probe_flops"] <= 3e9 < r["probe_flops"] + r["probe_flops_per_step"]
+    assert r["probe_flops_per_step"] < per_step and r["probe_steps"] > r["transfer_steps"]
+    probe = json.loads((tmp_path / r["probe_scores"]).read_text())
+    assert probe["head"] == "linear" and probe["freeze_backbone"] and probe["miou"] == r["probe_miou"]
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"transfer", "probe"}
+
+
+def test_the_probe_starts_from_the_weights_fine_tuning_started_from(tmp_path, monkeypatch):
+    """A ResNet, so that the frozen probe leaving its BatchNorm statistics alone is checked too."""
+    run = run_config(*TINY, "backbone=resnet18", "dataset.image_size=32", "transfer.probe=true")
+    torch.manual_seed(0)
+    backbone = build_backbone(run.backbone, 32)
+    start = {k: v.clone() for k, v in backbone.state_dict().items()}
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def spy(cfg, probed, *args):
+        seen["before"] = {k: v.clone() for k, v in probed.state_dict().items()}
+        record = finetune.probe(cfg, probed, *args)
+        seen["after"] = {k: v.clone() for k, v in probed.state_dict().items()}
+        return record
+
+    monkeypatch.setattr(stage, "probe", spy)
+    record = stage.transfer(run, tmp_path, backbone)
+    assert not all(torch.equal(start[k], v) for k, v in backbone.state_dict().items())  # fine-tuned
+    for state in (seen["before"], seen["after"]):
+        assert all(torch.equal(start[k], v) for k, v in state.items())
+    assert record["probe_steps"] == record["transfer_steps"] == 5
+    assert record["probe_flops"] < record["transfer_flops"]
+    scores = json.loads((tmp_path / record["transfer_scores"]).read_text())
+    assert scores["background_index"] == 0 and scores["miou_objects"] == record["miou_objects"]
+
+
+def test_every_transfer_runs_one_optimizer_whatever_recipe_pretrained_the_backbone():
+    runs = {m: run_config(*TINY, *small(m)) for m in ("supervised", "dino", "mae", "clip")}
+    assert len({str(run.train) for run in runs.values()}) > 1  # the recipes differ ...
+    settings = {m: transfer_settings(run.transfer, run.train) for m, run in runs.items()}
+    assert all(s == settings["supervised"] for s in settings.values())  # ... the transfer does not
+    s = settings["dino"]
+    assert (s.optimizer, s.grad_clip, s.lr, s.weight_decay) == ("adamw", None, 1e-3, 0.01)
+    assert getattr(s, "weight_decay_end", None) is None and getattr(s, "betas", None) is None
 
 
 @pytest.mark.parametrize(
@@ -88,6 +139,7 @@ def test_transfer_budget_in_flops_with_the_multilevel_head(tmp_path):
         (["transfer.layer_decay=0.65", "transfer.freeze_backbone=true"], "has no effect"),
         (["transfer.eval_mode=tiles"], "transfer.eval_mode must be one of"),
         (["transfer.eval_mode=slide", "transfer.eval_stride=17"], "transfer.eval_stride must be in [1, "),
+        (["transfer.probe=maybe"], "invalid value for 'transfer.probe'"),
     ],
 )
 def test_bad_transfer_settings_are_refused(overrides, message):

@@ -19,6 +19,8 @@ from budgetssl.record.files import atomic_write  # noqa: E402
 
 LABELS = {
     "miou": "mIoU (%)",
+    "miou_objects": "mIoU over the object classes (%)",
+    "probe_miou": "probe mIoU (%, frozen backbone, linear head)",
     "pixel_accuracy": "pixel accuracy (%)",
     "co2_kg": "CO2 (kg, measured)",
     "total_co2_kg": "CO2 (kg, measured, pretraining + transfer)",

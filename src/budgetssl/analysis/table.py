@@ -11,6 +11,8 @@ COLUMNS = [
     ("method", "method"),
     ("dataset", "dataset"),
     ("backbone", "backbone"),
+    ("recipe.optimizer", "optimizer"),
+    ("recipe.lr", "lr (scaled)"),
     ("budget_flops", "budget (FLOPs)"),
     ("train_flops", "train FLOPs"),
     ("transfer_flops", "transfer FLOPs"),
@@ -18,7 +20,20 @@ COLUMNS = [
     ("co2_kg", "CO2 kg (measured)"),
     ("co2_kg_estimated", "CO2 kg (estimated)"),
     ("miou", "mIoU %"),
+    ("miou_objects", "objects mIoU %"),
+    ("probe_miou", "probe mIoU %"),
 ]
+# The metrics a report can rank by: the fine-tuned mIoU, the same without the background class, and the
+# frozen backbone's linear probe (transfer.probe=true).
+METRICS = {"miou": "mIoU", "miou_objects": "objects mIoU", "probe_miou": "probe mIoU"}
+
+
+def field(run: dict[str, Any], key: str) -> Any:
+    """A record field; `a.b` reads key b of the dict in field a (e.g. recipe.lr), None where absent."""
+    value: Any = run
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _cell(value: Any) -> str:
@@ -40,7 +55,9 @@ def sort_key(run: dict[str, Any]) -> tuple:
 def markdown_table(runs: list[dict[str, Any]]) -> str:
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS) + " |" for r in sorted(runs, key=sort_key)]
+    rows = [
+        "| " + " | ".join(_cell(field(r, k)) for k, _ in COLUMNS) + " |" for r in sorted(runs, key=sort_key)
+    ]
     return "\n".join([head, rule, *rows])
 
 
@@ -63,16 +80,16 @@ def summary_table(pts: list[Point], y: str = "miou") -> str:
     return "\n".join(rows)
 
 
-def front_table(front: list[Point], best: dict[float, Point]) -> str:
+def front_table(front: list[Point], best: dict[float, Point], label: str = "mIoU") -> str:
     rows = [
-        "| on the Pareto front | dataset | backbone | budget (FLOPs) | total FLOPs | mIoU |",
+        f"| on the Pareto front | dataset | backbone | budget (FLOPs) | total FLOPs | {label} |",
         "|---" * 6 + "|",
     ]
     rows += [
         f"| {p.method} | {p.dataset} | {p.backbone} | {_flops(p.budget)} | {_flops(p.x)} | {p.y:.2f} |"
         for p in front
     ]
-    rows += ["", "| budget (FLOPs) | best method | dataset | backbone | mIoU |", "|---" * 5 + "|"]
+    rows += ["", f"| budget (FLOPs) | best method | dataset | backbone | {label} |", "|---" * 5 + "|"]
     rows += [
         f"| {_flops(budget)} | {p.method} | {p.dataset} | {p.backbone} | {p.y:.2f} |"
         for budget, p in best.items()

@@ -11,7 +11,7 @@ from budgetssl.config.check import RunConfig
 
 # Fields of the source run that describe the transfer it had, not the pretraining: not carried over.
 DROP = ("status", "command", "wall_seconds", "environment")
-DROP_PREFIXES = ("transfer", "miou", "pixel_accuracy", "total_flops")
+DROP_PREFIXES = ("transfer", "probe", "miou", "pixel_accuracy", "total_flops")
 
 
 def pretraining_fields(run: RunConfig) -> dict[str, Any]:

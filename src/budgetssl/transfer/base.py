@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
@@ -10,11 +11,19 @@ from budgetssl.config.schema import TransferConfig
 from budgetssl.data.info import SegInfo
 
 
+@dataclass(frozen=True)
+class TransferInfo(SegInfo):
+    """A segmentation dataset's facts, plus which class is the background (None: there is none, e.g.
+    ADE20K, whose unlabelled "other" is ignored), so the object classes can be scored on their own."""
+
+    background_index: int | None = None
+
+
 class SegmentationDataset(Dataset):
     """Samples {"image": tv_tensors.Image uint8, "mask": tv_tensors.Mask int64} for split train or val."""
 
     config_class: ClassVar[type[TransferConfig]] = TransferConfig
-    info: SegInfo
+    info: TransferInfo
 
     def __len__(self) -> int:
         raise NotImplementedError

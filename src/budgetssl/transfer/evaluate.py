@@ -62,10 +62,12 @@ def evaluate(
     mode: str = "resize",
     window: int = 0,
     stride: int = 0,
+    background_index: int | None = None,
 ) -> dict[str, Any]:
-    """Per-class IoU, mIoU and pixel accuracy over `loader` (in slide mode, one image per batch)."""
+    """Per-class IoU, mIoU (also over the object classes alone) and pixel accuracy over `loader` (in
+    slide mode, one image per batch)."""
     model.eval()
-    score = SegmentationScore(num_classes, ignore_index)
+    score = SegmentationScore(num_classes, ignore_index, background_index)
     device = next(model.parameters()).device
     for batch in loader:
         image = batch["image"].to(device)

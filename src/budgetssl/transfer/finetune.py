@@ -1,8 +1,9 @@
-"""The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it."""
+"""The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it;
+optionally also the probe (frozen backbone, linear head) on the same data and budget."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import TrainConfig, TransferConfig
 from budgetssl.data.loader import Viewed, endless_batches
-from budgetssl.engine.loop import LoopSettings, train
+from budgetssl.engine.loop import LoopResult, LoopSettings, train
 from budgetssl.engine.seed import seed_everything
 from budgetssl.errors import ConfigError
 from budgetssl.meter.budget import plan_for_budget, plan_for_steps
@@ -23,6 +24,7 @@ from budgetssl.transfer.heads import Segmenter
 from budgetssl.transfer.views import eval_view, full_view, train_view
 
 SCORES = "transfer_scores.json"
+PROBE_SCORES = "probe_scores.json"
 
 
 def eval_stride(cfg: TransferConfig) -> int:
@@ -44,13 +46,49 @@ def score(cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset) -
         cfg.eval_mode,
         window=cfg.image_size,
         stride=eval_stride(cfg),
+        background_index=info.background_index,
     )
 
 
-def finetune(
-    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
-) -> dict[str, Any]:
-    """Fine-tune for `cfg.steps` steps or until `cfg.flops` are spent, then score the validation split."""
+def transfer_settings(cfg: TransferConfig, train_cfg: TrainConfig) -> LoopSettings:
+    """One optimizer for every transfer, whatever recipe pretrained the backbone, so that methods are
+    compared on one protocol: AdamW at betas (0.9, 0.999), constant weight decay, no gradient clipping, as
+    the BEiT ADE20K fine-tuning (mmsegmentation configs/beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py).
+    Only the loop's own settings (precision, device, logging) come from `train`."""
+    return LoopSettings(
+        lr=cfg.lr,
+        final_lr_ratio=cfg.final_lr_ratio,
+        warmup_fraction=cfg.warmup_fraction,
+        weight_decay=cfg.weight_decay,
+        optimizer="adamw",
+        grad_clip=None,
+        precision=train_cfg.precision,
+        device=train_cfg.device,
+        log_every=train_cfg.log_every,
+        progress=train_cfg.progress,
+    )
+
+
+@dataclass
+class Fitted:
+    """One fine-tuning and its scores."""
+
+    result: LoopResult
+    scores: dict[str, Any]
+    skipped: int  # unreadable training pairs skipped
+
+
+def fit(
+    cfg: TransferConfig,
+    backbone: Backbone,
+    train_cfg: TrainConfig,
+    seed: int,
+    folder: Path,
+    label: str,
+    file: str,
+) -> Fitted:
+    """Train a head on `backbone` (and the backbone, unless frozen) for `cfg.steps` steps or until
+    `cfg.flops` are spent, score the validation split and write the scores to `folder/file`."""
     seed_everything(seed)
     train_set = build_segmentation(cfg, "train")
     val_set = build_segmentation(cfg, "val")
@@ -66,13 +104,7 @@ def finetune(
     )
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
-    settings = replace(
-        LoopSettings.from_train(train_cfg),
-        lr=cfg.lr,
-        final_lr_ratio=cfg.final_lr_ratio,
-        warmup_fraction=cfg.warmup_fraction,
-        weight_decay=cfg.weight_decay,
-    )
+    settings = transfer_settings(cfg, train_cfg)
     if cfg.batch_size > len(train_set):
         raise ConfigError(
             f"transfer.batch_size={cfg.batch_size} exceeds the {len(train_set)} training images of "
@@ -91,22 +123,35 @@ def finetune(
             else plan_for_budget(cfg.flops, fps, "transfer.flops", "transfer.batch_size")
         ),
         MetricsLog(folder / "metrics.jsonl"),
-        label="transfer",
+        label=label,
     )
     scores = score(cfg, model, val_set)
     write_json(
-        folder / SCORES,
+        folder / file,
         {
             "transfer": cfg.name,
+            "head": cfg.head,
+            "freeze_backbone": cfg.freeze_backbone,
             "class_names": list(info.class_names),
             "ignore_index": info.ignore_index,
+            "background_index": info.background_index,  # left out of miou_objects (null: none)
             "unit": "percent",
             "eval_mode": cfg.eval_mode,
             **scores,
         },
     )
+    return Fitted(result, scores, batches.skipped)
+
+
+def finetune(
+    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
+) -> dict[str, Any]:
+    """The transfer as configured: its record fields (mIoU, cost, protocol)."""
+    fitted = fit(cfg, backbone, train_cfg, seed, folder, "transfer", SCORES)
+    result, scores = fitted.result, fitted.scores
     return {
         "miou": scores["miou"],
+        "miou_objects": scores["miou_objects"],
         "pixel_accuracy": scores["pixel_accuracy"],
         "transfer_scores": SCORES,
         "transfer": cfg.name,
@@ -123,5 +168,31 @@ def finetune(
         "transfer_flops_breakdown": result.breakdown,
         "transfer_final_loss": result.final_loss,
         "transfer_wall_seconds": result.wall_seconds,
-        "transfer_data_skipped": batches.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
+        "transfer_data_skipped": fitted.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
+    }
+
+
+def probe_config(cfg: TransferConfig) -> TransferConfig:
+    """The probe: the transfer's data, budget (steps or FLOPs), optimizer settings and evaluation, with a
+    linear head on the frozen backbone, whatever head and mode the transfer itself uses."""
+    return replace(cfg, head="linear", freeze_backbone=True, layer_decay=None)
+
+
+def probe(
+    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
+) -> dict[str, Any]:
+    """Score `backbone` frozen with a linear head (transfer.probe=true): its record fields. Its cost is
+    metered (probe_flops) but not part of total_flops, which counts what the fine-tuned score cost."""
+    fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES)
+    result, scores = fitted.result, fitted.scores
+    return {
+        "probe_miou": scores["miou"],
+        "probe_miou_objects": scores["miou_objects"],
+        "probe_pixel_accuracy": scores["pixel_accuracy"],
+        "probe_scores": PROBE_SCORES,
+        "probe_steps": result.steps,
+        "probe_flops_per_step": result.plan.flops_per_step,
+        "probe_flops": result.flops,
+        "probe_final_loss": result.final_loss,
+        "probe_wall_seconds": result.wall_seconds,
     }

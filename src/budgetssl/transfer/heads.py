@@ -11,6 +11,44 @@ from budgetssl.backbones.backbone import Backbone
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 
+# timm's norms in ViTs use eps 1e-6, as does MAE's linear-probe BatchNorm; small enough that a read-out
+# at 1/8 of unit scale is still normalised to within about 1e-4.
+READOUT_EPS = 1e-6
+
+
+class ReadoutNorm(nn.Module):
+    """A LayerNorm without parameters over the channels of every token of whatever a head reads.
+
+    Why: with `global_pool=avg` timm leaves the final norm out of `forward_features` (and
+    `forward_intermediates` normalises nothing), so a head would read the raw residual stream, whose scale
+    pretraining sets method by method. Reference protocols normalise what the head reads: MAE's linear
+    probe puts `BatchNorm1d(affine=False, eps=1e-6)` before the head (facebookresearch/mae,
+    main_linprobe.py); the BEiT/MAE ADE20K decoders (microsoft/unilm beit/semantic_segmentation, run with
+    mmsegmentation's UPerHead) normalise each level in its own lateral ConvModule (conv + SyncBN).
+    A per-token LayerNorm rather than a BatchNorm: it is the same function in training and evaluation (no
+    running statistics that lag a backbone being fine-tuned), so LN(c * f) = LN(f) for any c > 0 at every
+    step; and its gradient is divided by c, which cancels the factor c on the way back into the backbone,
+    so the backbone's updates do not depend on c either. No affine parameters: the head that follows is
+    linear in its input and absorbs them.
+    """
+
+    def __init__(self, readout: str) -> None:
+        super().__init__()
+        self.readout = readout
+
+    def forward(self, features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(features, (list, tuple)):  # levels: each level on its own
+            return [self._norm(f) for f in features]
+        return self._norm(features)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 4:  # (B, D, h, w): channels first
+            return F.layer_norm(x.movedim(1, -1), x.shape[1:2], eps=READOUT_EPS).movedim(-1, 1)
+        return F.layer_norm(x, x.shape[-1:], eps=READOUT_EPS)  # (B, N, D) tokens or (B, D) pooled
+
+    def extra_repr(self) -> str:
+        return f"readout={self.readout!r}, eps={READOUT_EPS}"
+
 
 class LinearHead(nn.Module):
     """A 1x1 convolution on the feature map: the cheap linear probe of dense features."""
@@ -78,7 +116,12 @@ HEADS = {"linear": LinearHead, "multilevel": MultiLevelHead}
 
 
 class Segmenter(nn.Module):
-    """Backbone feature map -> head -> logits upsampled to the input; a task for the engine."""
+    """Backbone read-out -> ReadoutNorm -> head -> logits upsampled to the input; a task for the engine.
+
+    A frozen backbone (no parameter requires a gradient) stays in eval mode while the head trains, so a
+    probe changes neither its normalisation statistics (ResNets' BatchNorm) nor samples its drop-path, as
+    in MoCo's linear classification (main_lincls.py: model.eval() during training).
+    """
 
     def __init__(
         self,
@@ -89,6 +132,7 @@ class Segmenter(nn.Module):
         backbone_lr_scale: float = 1.0,
         image_size: int = 32,
         layer_decay: float | None = None,
+        readout_norm: bool = True,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -96,6 +140,8 @@ class Segmenter(nn.Module):
         self.backbone = backbone
         self.head = HEADS[head].for_backbone(backbone, num_classes, image_size)
         self.readout = HEADS[head].readout
+        # readout_norm=False only to show what the normalisation buys (tests); every transfer uses it.
+        self.readout_norm = ReadoutNorm(self.readout) if readout_norm else nn.Identity()
         self.ignore_index = ignore_index
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_decay = layer_decay
@@ -119,8 +165,14 @@ class Segmenter(nn.Module):
                 groups.append({**group, "lr_scale": 1.0})
         return groups
 
+    def train(self, mode: bool = True) -> Segmenter:
+        super().train(mode)
+        if not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
+
     def logits(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.head(self.backbone(image, readout=self.readout))
+        out = self.head(self.readout_norm(self.backbone(image, readout=self.readout)))
         return F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:

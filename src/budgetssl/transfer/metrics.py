@@ -2,6 +2,8 @@
 
 mIoU follows the common (mmsegmentation) convention: per-class IoU over the whole evaluation set,
 averaged over the classes that occur in the ground truth or the predictions; ignored pixels excluded.
+`miou_objects` is the same average without the background class (where the dataset has one), so that a
+score dominated by large, easy background regions does not hide whether objects are recognised.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class SegmentationScore:
-    def __init__(self, num_classes: int, ignore_index: int) -> None:
+    def __init__(self, num_classes: int, ignore_index: int, background_index: int | None = None) -> None:
+        self.background_index = background_index
         self.confusion = MulticlassConfusionMatrix(
             num_classes, ignore_index=ignore_index, validate_args=False
         )
@@ -22,16 +25,27 @@ class SegmentationScore:
 
     def compute(self) -> dict[str, object]:
         cm = self.confusion.compute().double()  # rows: target, columns: prediction
-        return scores_from_confusion(cm)
+        return scores_from_confusion(cm, self.background_index)
 
 
-def scores_from_confusion(cm: torch.Tensor) -> dict[str, object]:
+def _mean_percent(iou: torch.Tensor) -> float:
+    present = ~torch.isnan(iou)
+    return float(iou[present].mean() * 100) if bool(present.any()) else float("nan")
+
+
+def scores_from_confusion(cm: torch.Tensor, background_index: int | None = None) -> dict[str, object]:
+    """mIoU, mIoU over the object classes (all but `background_index`; all when it is None), pixel
+    accuracy and per-class IoU, in percent."""
     tp = cm.diag()
     union = cm.sum(0) + cm.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
     total = cm.sum()
+    objects = torch.ones_like(iou, dtype=torch.bool)
+    if background_index is not None:
+        objects[background_index] = False
     return {
-        "miou": float(torch.nanmean(iou) * 100) if bool((union > 0).any()) else float("nan"),
+        "miou": _mean_percent(iou),
+        "miou_objects": _mean_percent(iou[objects]),
         "pixel_accuracy": float(tp.sum() / total * 100) if total > 0 else float("nan"),
         "per_class_iou": [None if torch.isnan(v) else float(v * 100) for v in iou],
     }

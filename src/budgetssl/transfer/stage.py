@@ -1,7 +1,9 @@
-"""The transfer stage as a command sees it: pick the backbone, fine-tune and score, meter energy."""
+"""The transfer stage as a command sees it: pick the backbone, fine-tune and score, meter energy; with
+transfer.probe=true also probe the same starting weights frozen."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,7 @@ from budgetssl.config.check import RunConfig
 from budgetssl.engine.seed import seed_everything
 from budgetssl.meter.energy import EnergyTracker
 from budgetssl.record.weights import load_backbone, weights_file
-from budgetssl.transfer.finetune import finetune
+from budgetssl.transfer.finetune import finetune, probe
 
 
 def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> dict[str, Any]:
@@ -26,11 +28,17 @@ def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> 
         seed_everything(run.seed)
         backbone = build_backbone(run.backbone, t.image_size)
         init = "random"
+    # Fine-tuning changes the backbone in place: the probe starts from a copy taken before it.
+    start = copy.deepcopy(backbone) if t.probe else None
     with EnergyTracker(run.energy) as energy:
         record = finetune(t, backbone, run.train, run.seed, folder)
-    return {
-        **record,
+    record |= {
         "transfer_init": init,
         "transfer_energy_kwh": energy.reading.energy_kwh,
         "transfer_co2_kg": energy.reading.co2_kg,
     }
+    if start is not None:
+        with EnergyTracker(run.energy) as energy:  # metered apart: not part of the transfer's cost
+            record |= probe(t, start, run.train, run.seed, folder)
+        record |= {"probe_energy_kwh": energy.reading.energy_kwh, "probe_co2_kg": energy.reading.co2_kg}
+    return record

@@ -14,11 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.info import SegInfo
 from budgetssl.data.layout import require_dir, require_root
 from budgetssl.errors import ConfigError
+from budgetssl.transfer.base import TransferInfo
 from budgetssl.transfer.pairs import ImageMaskPairs
 from budgetssl.transfer.registry import TRANSFERS
 
@@ -47,7 +48,7 @@ LAYOUT = "ADEChallengeData2016: a folder holding images/{training,validation}/ a
 
 @dataclass
 class ADE20KConfig(TransferConfig):
-    skip_corrupt: bool = False  # true: an unreadable image or mask is replaced by the next readable pair
+    skip_corrupt: bool = MISSING  # true: an unreadable image or mask is replaced by the next readable pair
 
 
 def reduce_zero_label(stored: np.ndarray) -> np.ndarray:
@@ -83,7 +84,10 @@ class ADE20K(ImageMaskPairs):
                 f"{missing[0].stem}.jpg (transfer.root={root})"
             )
         self.skip = cfg.skip_corrupt
-        self.info = SegInfo(image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE)
+        # No background class: the 150 are objects and stuff, and "other" is ignored, so miou_objects = miou.
+        self.info = TransferInfo(
+            image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE, background_index=None
+        )
 
     def labels(self, stored: np.ndarray) -> np.ndarray:
         return reduce_zero_label(stored)

@@ -1,29 +1,52 @@
 """Segmentation of the synthetic scenes: background plus one class per shape, boundaries ignored.
 
-Its scenes come from streams of their own, so no transfer image was seen in pretraining.
+Its scenes come from streams of their own, so no transfer image was seen in pretraining. Rendered scenes
+are kept in a bounded cache: a transfer draws each of its scenes several times (100 steps of 32 from 1000
+scenes) and the probe draws the same ones again, and rendering is most of the cost of a sample.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import MISSING
+
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.info import SegInfo
 from budgetssl.data.sets.synthetic import scene, to_sample
-from budgetssl.data.shapes import IGNORE, SHAPES
+from budgetssl.data.shapes import IGNORE, SHAPES, Scene
 from budgetssl.errors import ConfigError
-from budgetssl.transfer.base import SegmentationDataset
+from budgetssl.transfer.base import SegmentationDataset, TransferInfo
 from budgetssl.transfer.registry import TRANSFERS
+
+CACHE_BYTES = 256 * 2**20  # about 60k scenes at 32 px; the oldest are dropped past it
+_cache: OrderedDict[tuple, Scene] = OrderedDict()
+_cached_bytes = 0
+
+
+def cached_scene(data_seed: int, split: str, index: int, size: int, max_objects: int) -> Scene:
+    """`scene(...)`, rendered once per process while it fits in CACHE_BYTES (scenes are pure functions of
+    their arguments, and `to_sample` copies the arrays it reads, so sharing them is safe)."""
+    global _cached_bytes
+    key = (data_seed, split, index, size, max_objects)
+    found = _cache.get(key)
+    if found is None:
+        found = _cache[key] = scene(*key)
+        _cached_bytes += found.image.nbytes + found.mask.nbytes
+        while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
+            _, old = _cache.popitem(last=False)
+            _cached_bytes -= old.image.nbytes + old.mask.nbytes
+    return found
 
 
 @dataclass
 class SyntheticSegConfig(TransferConfig):
-    data_seed: int = 0
-    num_train: int = 1000
-    num_val: int = 256
-    max_objects: int = 3
-    val_image_size: int | None = None  # validation scenes' full resolution; null = image_size
+    data_seed: int = MISSING
+    num_train: int = MISSING
+    num_val: int = MISSING
+    max_objects: int = MISSING
+    val_image_size: int | None = MISSING  # validation scenes' full resolution; null = image_size
 
 
 @TRANSFERS.register("synthetic")
@@ -43,8 +66,11 @@ class SyntheticSegmentation(SegmentationDataset):
             raise ConfigError(f"transfer.val_image_size must be >= 8, got {self.size}")
         if self.length < 1:
             raise ConfigError(f"transfer 'synthetic' split '{split}' is empty: set transfer.num_{split} >= 1")
-        self.info = SegInfo(
-            image_size=cfg.image_size, class_names=("background", *SHAPES), ignore_index=IGNORE
+        self.info = TransferInfo(
+            image_size=cfg.image_size,
+            class_names=("background", *SHAPES),
+            ignore_index=IGNORE,
+            background_index=0,
         )
 
     def __len__(self) -> int:
@@ -53,5 +79,5 @@ class SyntheticSegmentation(SegmentationDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        s = to_sample(scene(self.cfg.data_seed, self.split, index, self.size, self.cfg.max_objects))
+        s = to_sample(cached_scene(self.cfg.data_seed, self.split, index, self.size, self.cfg.max_objects))
         return {"image": s["image"], "mask": s["mask"]}

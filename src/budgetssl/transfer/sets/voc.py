@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.info import SegInfo
 from budgetssl.data.layout import require_dir, require_file, require_root
 from budgetssl.errors import ConfigError
+from budgetssl.transfer.base import TransferInfo
 from budgetssl.transfer.pairs import ImageMaskPairs
 from budgetssl.transfer.registry import TRANSFERS
 
@@ -30,10 +32,10 @@ LAYOUT = "VOCdevkit/VOC2012: a folder holding JPEGImages/, SegmentationClass/ an
 
 @dataclass
 class VOCConfig(TransferConfig):
-    mask_dir: str = "SegmentationClass"  # SegmentationClassAug for the SBD-augmented masks
-    train_split: str = "train"  # ImageSets/Segmentation/<train_split>.txt
-    val_split: str = "val"
-    skip_corrupt: bool = False  # true: an unreadable image or mask is replaced by the next readable pair
+    mask_dir: str = MISSING  # SegmentationClassAug for the SBD-augmented masks
+    train_split: str = MISSING  # ImageSets/Segmentation/<train_split>.txt
+    val_split: str = MISSING
+    skip_corrupt: bool = MISSING  # true: an unreadable image or mask is replaced by the next readable pair
 
 
 @TRANSFERS.register("voc")
@@ -69,4 +71,6 @@ class VOC(ImageMaskPairs):
                     f"(transfer.root={root})"
                 )
         self.skip = cfg.skip_corrupt
-        self.info = SegInfo(image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE)
+        self.info = TransferInfo(
+            image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE, background_index=0
+        )
