@@ -23,6 +23,18 @@ from budgetssl.pretrain import build, loop_settings
 from conftest import TINY, run_config, small
 
 VIT_B = ["backbone=vit_base", "dataset.image_size=224"]
+# SimCLR and BYOL on ViT-B, as the MoCo v3 study ran both (moco-v3 CONFIG.md, moco_v3_tpu): AdamW, wd 0.1
+# on every parameter, 40 of 300 epochs of warm-up, cosine to 0, no clipping, no drop path.
+MOCO_V3_VIT = {
+    "optimizer": "adamw",
+    "betas": [0.9, 0.999],
+    "weight_decay": 0.1,
+    "no_weight_decay": [],
+    "warmup_fraction": 40 / 300,
+    "final_lr_ratio": 0.0,
+    "grad_clip": None,
+    "drop_path": 0.0,
+}
 RESNET50 = ["backbone=resnet50", "dataset.image_size=224"]
 
 # method config -> (its reference's global batch, the reference's own peak lr at that batch, the rest of
@@ -83,31 +95,13 @@ REFERENCE: dict[str, tuple[list[str], int, float, dict[str, Any]]] = {
         VIT_B,
         4096,
         3.2e-3,
-        {
-            "optimizer": "adamw",
-            "betas": [0.9, 0.999],
-            "weight_decay": 0.1,
-            "no_weight_decay": [],
-            "warmup_fraction": 40 / 300,
-            "final_lr_ratio": 0.0,
-            "grad_clip": None,
-            "drop_path": 0.0,
-        },
+        MOCO_V3_VIT,
     ),
     "byol": (  # MoCo v3 CONFIG.md ViT-Base: --lr=1.5e-4 (x 4096 / 256) --weight-decay=.1, 40 of 300
         VIT_B,
         4096,
         1.5e-4 * 4096 / 256,
-        {
-            "optimizer": "adamw",
-            "betas": [0.9, 0.999],
-            "weight_decay": 0.1,
-            "no_weight_decay": [],
-            "warmup_fraction": 40 / 300,
-            "final_lr_ratio": 0.0,
-            "grad_clip": None,
-            "drop_path": 0.0,
-        },
+        MOCO_V3_VIT,
     ),
     "resnet/simclr": (  # SimCLR tf2/run.py: LARS, 0.3 x B / 256 (= 4.8 at 4096), wd 1e-6, 10 of 100
         RESNET50,

@@ -35,6 +35,7 @@ from budgetssl.engine.recipe import (
     ParamCounts,
     clip_per_parameter,
     count_params,
+    decays,
     optimizer_kwargs,
     param_groups,
     peak_lr,
@@ -172,7 +173,7 @@ class Trainer:
         lr, wd = self.lr_at(fraction), self.weight_decay_at(fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-            if group.get("decay", group.get("weight_decay", 0) > 0):
+            if decays(group):
                 group["weight_decay"] = wd
         return lr
 

@@ -143,6 +143,12 @@ def param_groups(model: nn.Module, weight_decay: float, rules: list[str] | tuple
     ]
 
 
+def decays(group: dict) -> bool:
+    """Whether a parameter group takes weight decay: as grouped by `param_groups`, else (a task's own
+    groups) whether it was given any."""
+    return bool(group.get("decay", group.get("weight_decay", 0) > 0))
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     decayed: int
@@ -150,8 +156,7 @@ class ParamCounts:
 
 
 def count_params(groups: list[dict]) -> ParamCounts:
-    decays = [g.get("decay", g.get("weight_decay", 0) > 0) for g in groups]
-    decayed = sum(p.numel() for g, d in zip(groups, decays, strict=True) if d for p in g["params"])
+    decayed = sum(p.numel() for g in groups if decays(g) for p in g["params"])
     total = sum(p.numel() for g in groups for p in g["params"])
     return ParamCounts(decayed=decayed, not_decayed=total - decayed)
 

@@ -143,13 +143,25 @@ def fit(
     return Fitted(result, scores, batches.skipped)
 
 
+def fitted_fields(prefix: str, fitted: Fitted) -> dict[str, Any]:
+    """The cost fields of one fine-tuning, named `<prefix>_steps`, `<prefix>_flops`, ..."""
+    result = fitted.result
+    return {
+        f"{prefix}_steps": result.steps,
+        f"{prefix}_flops_per_step": result.plan.flops_per_step,
+        f"{prefix}_flops": result.flops,
+        f"{prefix}_final_loss": result.final_loss,
+        f"{prefix}_wall_seconds": result.wall_seconds,
+    }
+
+
 def finetune(
     cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
 ) -> dict[str, Any]:
     """The transfer as configured: its record fields (mIoU, cost, protocol)."""
     fitted = fit(cfg, backbone, train_cfg, seed, folder, "transfer", SCORES)
     result, scores = fitted.result, fitted.scores
-    return {
+    return fitted_fields("transfer", fitted) | {
         "miou": scores["miou"],
         "miou_objects": scores["miou_objects"],
         "pixel_accuracy": scores["pixel_accuracy"],
@@ -162,12 +174,7 @@ def finetune(
         "transfer_budget_flops": cfg.flops,
         "transfer_eval_mode": cfg.eval_mode,
         "transfer_eval_stride": eval_stride(cfg) if cfg.eval_mode == "slide" else None,
-        "transfer_steps": result.steps,
-        "transfer_flops_per_step": result.plan.flops_per_step,
-        "transfer_flops": result.flops,
         "transfer_flops_breakdown": result.breakdown,
-        "transfer_final_loss": result.final_loss,
-        "transfer_wall_seconds": result.wall_seconds,
         "transfer_data_skipped": fitted.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
     }
 
@@ -184,15 +191,10 @@ def probe(
     """Score `backbone` frozen with a linear head (transfer.probe=true): its record fields. Its cost is
     metered (probe_flops) but not part of total_flops, which counts what the fine-tuned score cost."""
     fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES)
-    result, scores = fitted.result, fitted.scores
-    return {
+    scores = fitted.scores
+    return fitted_fields("probe", fitted) | {
         "probe_miou": scores["miou"],
         "probe_miou_objects": scores["miou_objects"],
         "probe_pixel_accuracy": scores["pixel_accuracy"],
         "probe_scores": PROBE_SCORES,
-        "probe_steps": result.steps,
-        "probe_flops_per_step": result.plan.flops_per_step,
-        "probe_flops": result.flops,
-        "probe_final_loss": result.final_loss,
-        "probe_wall_seconds": result.wall_seconds,
     }

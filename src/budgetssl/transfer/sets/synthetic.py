@@ -7,7 +7,7 @@ scenes) and the probe draws the same ones again, and rendering is most of the co
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,29 +15,14 @@ from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
 from budgetssl.data.sets.synthetic import scene, to_sample
-from budgetssl.data.shapes import IGNORE, SHAPES, Scene
+from budgetssl.data.shapes import IGNORE, SHAPES
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import SegmentationDataset, TransferInfo
 from budgetssl.transfer.registry import TRANSFERS
 
-CACHE_BYTES = 256 * 2**20  # about 60k scenes at 32 px; the oldest are dropped past it
-_cache: OrderedDict[tuple, Scene] = OrderedDict()
-_cached_bytes = 0
-
-
-def cached_scene(data_seed: int, split: str, index: int, size: int, max_objects: int) -> Scene:
-    """`scene(...)`, rendered once per process while it fits in CACHE_BYTES (scenes are pure functions of
-    their arguments, and `to_sample` copies the arrays it reads, so sharing them is safe)."""
-    global _cached_bytes
-    key = (data_seed, split, index, size, max_objects)
-    found = _cache.get(key)
-    if found is None:
-        found = _cache[key] = scene(*key)
-        _cached_bytes += found.image.nbytes + found.mask.nbytes
-        while _cached_bytes > CACHE_BYTES and len(_cache) > 1:
-            _, old = _cache.popitem(last=False)
-            _cached_bytes -= old.image.nbytes + old.mask.nbytes
-    return found
+# `scene(...)` rendered once per process: scenes are pure functions of their arguments, and `to_sample`
+# copies the arrays it reads, so sharing them is safe. 16k scenes hold every scene of a default transfer.
+cached_scene = functools.lru_cache(maxsize=2**14)(scene)
 
 
 @dataclass
