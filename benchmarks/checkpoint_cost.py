@@ -25,7 +25,7 @@ from budgetssl.engine.state import RunState, snapshot
 from budgetssl.meter.budget import plan_for_budget
 from budgetssl.meter.counter import PassCounter
 from budgetssl.meter.step_meter import StepMeter
-from budgetssl.pretrain import build, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 
 CONFIGS = {
     "nano": ["backbone=vit_nano", "dataset.image_size=32", "train.batch_size=32"],  # the demo's size

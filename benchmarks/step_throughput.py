@@ -14,7 +14,7 @@ from budgetssl.config.check import check_config
 from budgetssl.config.compose import compose_config
 from budgetssl.engine.loop import Trainer, to_device
 from budgetssl.meter.counter import PassCounter
-from budgetssl.pretrain import build, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 
 
 def main() -> None:

@@ -54,7 +54,7 @@ def settings() -> list[str]:
 def run_stage(run, folder: Path) -> dict:
     """The pretraining stage, plus this rank's final backbone saved beside the record."""
     from budgetssl.engine.distributed import current
-    from budgetssl.pretrain import pretrain
+    from budgetssl.stages.pretrain import pretrain
 
     backbone, record = pretrain(run, folder)
     out = Path(os.environ["DDP_TEST_OUT"])

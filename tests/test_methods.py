@@ -15,7 +15,7 @@ from budgetssl.errors import BudgetSSLError, ConfigError
 from budgetssl.methods.captions import CaptionView, pseudo_caption
 from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
 from budgetssl.methods.zoo.dino import teacher_temp_at
-from budgetssl.pretrain import build, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 from conftest import TINY, cli, run_config, small, summary
 
 # mae_tiny is mae's code with other numbers (its exact FLOPs are in test_method_flops.py): not run twice.

@@ -19,7 +19,7 @@ from budgetssl.engine.loop import Trainer, to_device
 from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.methods.heads import WeightNormLinear
 from budgetssl.methods.zoo.mae import sincos_pos_embed
-from budgetssl.pretrain import build, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 from conftest import TINY, run_config, small
 
 VIT_B = ["backbone=vit_base", "dataset.image_size=224"]

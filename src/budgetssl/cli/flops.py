@@ -19,7 +19,7 @@ from budgetssl.errors import BudgetSSLError
 def measure(overrides: list[str]) -> dict[str, Any]:
     from budgetssl.engine.loop import Trainer, to_device
     from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, PassCounter
-    from budgetssl.pretrain import build, flops_per_image, identity, loop_settings
+    from budgetssl.stages.pretrain import build, flops_per_image, identity, loop_settings
 
     run = check_config(compose_config(overrides))
     method, batches = build(run)

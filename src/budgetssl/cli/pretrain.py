@@ -10,7 +10,7 @@ from budgetssl.config.check import RunConfig
 
 
 def pretrain_stage(run: RunConfig, folder: Path) -> dict[str, Any]:
-    from budgetssl.pretrain import pretrain
+    from budgetssl.stages.pretrain import pretrain
 
     return pretrain(run, folder)[1]
 

@@ -10,8 +10,8 @@ from budgetssl.config.check import RunConfig
 
 
 def run_stage(run: RunConfig, folder: Path) -> dict[str, Any]:
-    from budgetssl.pretrain import pretrain
-    from budgetssl.transfer.stage import transfer
+    from budgetssl.stages.pretrain import pretrain
+    from budgetssl.stages.transfer import transfer
 
     backbone, record = pretrain(run, folder)
     scores = transfer(run, folder, backbone)

@@ -16,9 +16,9 @@ DROP_PREFIXES = ("transfer", "probe", "miou", "pixel_accuracy", "total_flops")
 
 def pretraining_fields(run: RunConfig) -> dict[str, Any]:
     """Identity and cost of what is being transferred, so this record stands alone in a report."""
-    from budgetssl.pretrain import identity
     from budgetssl.record.summary import SUMMARY
     from budgetssl.record.weights import provenance, weights_file
+    from budgetssl.stages.pretrain import identity
 
     if not run.transfer.from_run:
         return {**identity(run), "method": "random_init", "dataset": None, "budget_flops": 0.0} | {
@@ -44,7 +44,7 @@ def pretraining_fields(run: RunConfig) -> dict[str, Any]:
 
 
 def transfer_stage(run: RunConfig, folder: Path) -> dict[str, Any]:
-    from budgetssl.transfer.stage import transfer
+    from budgetssl.stages.transfer import transfer
 
     base = pretraining_fields(run)
     record = transfer(run, folder)
