@@ -16,15 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgetssl.config.check import check_config
 from budgetssl.config.compose import compose_config
 from budgetssl.engine.checkpoint import Checkpoints, read_checkpoint
 from budgetssl.engine.distributed import World
-from budgetssl.engine.loop import Trainer, to_device
 from budgetssl.engine.state import RunState, snapshot
-from budgetssl.meter.budget import plan_for_budget
+from budgetssl.engine.trainer import Trainer, to_device
+from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.counter import PassCounter
 from budgetssl.meter.step_meter import StepMeter
+from budgetssl.plugins import check_config
 from budgetssl.stages.pretrain import build, loop_settings
 
 CONFIGS = {
@@ -43,7 +43,7 @@ def measure(overrides: list[str], saves: int) -> dict:
     loss, logs = trainer.step(batch, counter, 0.0)
     meter = StepMeter()
     first = meter.record(batch, counter)
-    plan = plan_for_budget(100 * first.total, first.total)
+    plan = FlopBudget(100 * first.total).plan(first.total)
     state = RunState(step=1, spent=first.total, plan=plan, first=first, loss=float(loss), logs=logs)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = Checkpoints(Path(tmp), config=run.to_dict())

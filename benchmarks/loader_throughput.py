@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from budgetssl.config.check import check_config
 from budgetssl.config.compose import compose_config
 from budgetssl.data.base import build_dataset
 from budgetssl.data.decode import EXTENSIONS
@@ -41,6 +40,7 @@ from budgetssl.data.tiny_layouts import (
 from budgetssl.methods.augment import random_crop_flip
 from budgetssl.methods.captions import CaptionView
 from budgetssl.methods.zoo.supervised import LabelledView
+from budgetssl.plugins import check_config
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.views import train_view
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from budgetssl.cli.flops import measure
+from budgetssl.config.compose import compose_config
+from budgetssl.plugins import check_config
+from budgetssl.stages.flops import measure
 
 METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
 
@@ -27,7 +29,8 @@ def main() -> None:
     methods = [m for m in METHODS if m != "mae_tiny"] if args.cpu else METHODS
     rows = []
     for name in methods:
-        result = measure([*overrides, "energy.track=false", f"method={'cpu/' if args.cpu else ''}{name}"])
+        method = f"method={'cpu/' if args.cpu else ''}{name}"
+        result = measure(check_config(compose_config([*overrides, "energy.track=false", method])))
         parts = {k: v for k, v in result["breakdown"]["forward"].items() if k != "total"}
         rows.append({"method": name, "flops_per_step": result["flops_per_step"], "forward_parts": parts})
         print(f"measured {name}", flush=True)

@@ -10,10 +10,10 @@ import argparse
 import json
 import time
 
-from budgetssl.config.check import check_config
 from budgetssl.config.compose import compose_config
-from budgetssl.engine.loop import Trainer, to_device
+from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.meter.counter import PassCounter
+from budgetssl.plugins import check_config
 from budgetssl.stages.pretrain import build, loop_settings
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from budgetssl.config.check import RunConfig, check_config
+from budgetssl.config.check import RunConfig
 from budgetssl.config.compose import compose_config
+from budgetssl.plugins import check_config
 
 BIN = Path(sys.executable).parent
 if os.environ.get("PYTEST_XDIST_WORKER"):

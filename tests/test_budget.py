@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from budgetssl.engine.loop import LoopSettings, NonFiniteLoss, train
+from budgetssl.engine.loop import NonFiniteLoss, train
+from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
-from budgetssl.engine.task import StepOutput
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.task import StepOutput, Task
 from budgetssl.errors import BudgetError
-from budgetssl.meter.budget import plan_for_budget
+from budgetssl.meter.budget import FlopBudget, StepBudget
 from budgetssl.record.metrics import MetricsLog
 
 
-class Regression(nn.Module):
+class Regression(Task):
     """The smallest real task: one linear layer (2 * 8 * 4 FLOPs per sample forward)."""
 
     def __init__(self) -> None:
@@ -41,27 +44,29 @@ def batches(batch_size: int = 16):
         yield {"x": x, "y": x @ w}
 
 
-SETTINGS = LoopSettings(lr=0.05, final_lr_ratio=0.1, warmup_fraction=0.2, weight_decay=0.0, progress=False)
+SETTINGS = LoopSettings(
+    Recipe(lr=0.05, final_lr_ratio=0.1, warmup_fraction=0.2, weight_decay=0.0), progress=False
+)
 
 
 def test_plan_is_floor_of_budget_over_step_and_exact():
-    assert plan_for_budget(1000.0, 100).steps == 10
-    assert plan_for_budget(1099.0, 100).steps == 10
-    assert plan_for_budget(3 * 0.1e12, int(0.1e12)).steps == 3  # no float rounding down
-    assert plan_for_budget(1e25, 7).steps == int(1e25) // 7
+    assert FlopBudget(1000.0).plan(100).steps == 10
+    assert FlopBudget(1099.0).plan(100).steps == 10
+    assert FlopBudget(3 * 0.1e12).plan(int(0.1e12)).steps == 3  # no float rounding down
+    assert FlopBudget(1e25).plan(7).steps == int(1e25) // 7
 
 
 def test_budget_below_one_step_says_how_large_a_step_is():
     with pytest.raises(BudgetError, match=r"smaller than one training step \(1234 FLOPs"):
-        plan_for_budget(1000.0, 1234)
+        FlopBudget(1000.0).plan(1234)
 
 
 @pytest.mark.parametrize("budget", [10_000.0, 12_345.0, 40_960.0])
 def test_train_spends_exactly_the_planned_steps(budget, tmp_path):
     task = Regression()
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    settings = LoopSettings(**{**SETTINGS.__dict__, "log_every": 1})
-    result = train(task, batches(), settings, lambda fps: plan_for_budget(budget, fps), log)
+    settings = replace(SETTINGS, log_every=1)
+    result = train(task, batches(), settings, FlopBudget(budget), log)
     # Forward, plus a backward that needs only the weight's gradient (the input needs none): 2x forward.
     per_step = 2 * (2 * 16 * 8 * 4)
     assert result.plan.flops_per_step == per_step
@@ -81,7 +86,7 @@ def test_train_spends_exactly_the_planned_steps(budget, tmp_path):
 
 
 def test_loss_falls_on_a_learnable_task():
-    result = train(Regression(), batches(), SETTINGS, lambda fps: plan_for_budget(200 * fps, fps))
+    result = train(Regression(), batches(), SETTINGS, StepBudget(200))
     assert result.final_loss < 0.2 * result.first_loss
 
 
@@ -91,7 +96,7 @@ def test_a_new_input_shape_is_measured_before_it_is_spent():
     mixed = itertools.chain(itertools.islice(small, 3), large)
     per_small, per_large = 2 * (2 * 16 * 8 * 4), 2 * (2 * 48 * 8 * 4)
     budget = 3 * per_small + 2 * per_large + per_large // 2
-    result = train(Regression(), mixed, SETTINGS, lambda fps: plan_for_budget(budget, fps))
+    result = train(Regression(), mixed, SETTINGS, FlopBudget(budget))
     assert result.steps == 5
     assert result.flops == 3 * per_small + 2 * per_large
     assert result.flops <= budget
@@ -114,5 +119,5 @@ def test_non_finite_loss_stops_the_run_at_its_step():
             return StepOutput(out.loss * (float("nan") if len(self.fractions) == 3 else 1.0))
 
     with pytest.raises(NonFiniteLoss, match="loss is nan at step 3") as info:
-        train(Exploding(), batches(), SETTINGS, lambda fps: plan_for_budget(100 * fps, fps))
+        train(Exploding(), batches(), SETTINGS, StepBudget(100))
     assert info.value.step == 3

@@ -363,11 +363,11 @@ def test_coco_clip_pretraining_runs_on_the_tiny_copy(tmp_path):
 
 def test_a_missing_root_fails_the_command_with_exit_code_2_and_a_record(tmp_path, capsys):
     from budgetssl.cli.common import execute
-    from budgetssl.cli.pretrain import pretrain_stage
     from budgetssl.config.compose import compose_config
+    from budgetssl.stages.commands import pretrain_only
 
     cfg = compose_config(["dataset=imagenet1k", f"dataset.root={tmp_path / 'nowhere'}", "energy.track=false"])
-    assert execute(cfg, tmp_path / "run", pretrain_stage, "budgetssl-pretrain") == 2
+    assert execute(cfg, tmp_path / "run", pretrain_only, "budgetssl-pretrain") == 2
     assert "does not exist" in capsys.readouterr().err
     record = summary(tmp_path / "run")
     assert record["status"] == "failed" and record["error_type"] == "ConfigError"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from budgetssl.record.sections import Outcome, Record
 from budgetssl.record.summary import completed_record, write_summary
 from conftest import TINY, TINY_BUDGET, summary
 
@@ -31,11 +32,11 @@ def one_thread():
 
 def run_in_process(folder: Path, *extra: str) -> int:
     from budgetssl.cli.common import execute
-    from budgetssl.cli.pretrain import pretrain_stage
     from budgetssl.config.compose import compose_config
+    from budgetssl.stages.commands import pretrain_only
 
     overrides = [*TINY, TINY_BUDGET, "train.checkpoint_every_steps=2", *extra]
-    return execute(compose_config(overrides), folder, pretrain_stage, "budgetssl-pretrain")
+    return execute(compose_config(overrides), folder, pretrain_only, "budgetssl-pretrain")
 
 
 class Payload:
@@ -58,12 +59,12 @@ def test_a_non_finite_loss_fails_the_run_at_its_step(tmp_path):
 
 def test_a_crash_leaves_a_failed_record_with_the_error(tmp_path, monkeypatch):
     # An error budgetssl does not anticipate (here: the optimizer factory breaks): re-raised, and recorded.
-    import budgetssl.engine.loop as loop
+    import budgetssl.engine.trainer as trainer
 
     def broken(*args, **kwargs):
         raise RuntimeError("optimizer factory broke")
 
-    monkeypatch.setattr(loop, "create_optimizer_v2", broken)
+    monkeypatch.setattr(trainer, "create_optimizer_v2", broken)
     with pytest.raises(RuntimeError, match="factory broke"):
         run_in_process(tmp_path)
     record = summary(tmp_path)
@@ -85,7 +86,7 @@ def test_a_completed_record_is_never_replaced_by_a_failure(tmp_path):
     assert run_in_process(tmp_path, "train.lr=1e30") != 0
     assert summary(tmp_path) == done == completed_record(tmp_path)
     for status in ("failed", "interrupted"):
-        write_summary(tmp_path, {"status": status, "error": "later"})
+        write_summary(tmp_path, Record(outcome=Outcome(status=status, error="later")))
         assert summary(tmp_path) == done
 
 
@@ -118,7 +119,7 @@ def test_a_hostile_checkpoint_is_refused_and_never_run(tmp_path):
 
 
 def test_records_never_hold_credentials(tmp_path):
-    write_summary(
-        tmp_path, {"status": "completed", "logger": {"wandb_api_key": "k", "tokens": 77, "token": "t"}}
-    )
+    record = Record(outcome=Outcome(status="completed"))
+    record.extra["logger"] = {"wandb_api_key": "k", "tokens": 77, "token": "t"}
+    write_summary(tmp_path, record)
     assert summary(tmp_path)["logger"] == {"wandb_api_key": "<redacted>", "tokens": 77, "token": "<redacted>"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from budgetssl.cli.flops import measure
+from budgetssl.stages.flops import measure
 from conftest import run_config, small
 
 
@@ -50,7 +50,7 @@ TINY = ["dataset.image_size=16", "dataset.num_train=16", f"train.batch_size={BAT
 
 
 def step(*overrides: str) -> dict:
-    return measure([*TINY, *overrides])
+    return measure(run_config(*TINY, *overrides))
 
 
 def sizes(method: str):
@@ -128,9 +128,15 @@ def test_mae_on_vit_base_with_the_reference_decoder_costs_a_little_over_half_of_
     common = ["backbone=vit_base", "dataset.image_size=224", "dataset.num_train=1", "train.batch_size=1"]
     # mixup pairs images, so it needs an even batch: off for this batch of one (it costs no FLOPs)
     sup = measure(
-        [*common, "method=supervised", "method.mixup_alpha=0", "method.cutmix_alpha=0", "energy.track=false"]
+        run_config(
+            *common,
+            "method=supervised",
+            "method.mixup_alpha=0",
+            "method.cutmix_alpha=0",
+            "energy.track=false",
+        )
     )
-    mae = measure([*common, "method=mae", "energy.track=false"])
+    mae = measure(run_config(*common, "method=mae", "energy.track=false"))
     base = ViT(dim=768, depth=12, patch=16)
     assert mae["flops_per_step"] == 3 * mae_forward(base, 224, 0.75, 512, 8) - base.patch_embed(196)
     ratio = mae["flops_per_step"] / sup["flops_per_step"]

@@ -100,7 +100,7 @@ def test_ema_teacher_trails_the_student_by_its_momentum():
 
 
 def one_step(method_name: str, *extra: str):
-    from budgetssl.engine.loop import Trainer, to_device
+    from budgetssl.engine.trainer import Trainer, to_device
 
     run = run_config(*TINY, *small(method_name), *extra)
     method, batches = build(run)

@@ -9,8 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from budgetssl.engine.loop import LoopSettings, Trainer
-from budgetssl.engine.recipe import clip_per_parameter, param_groups, peak_lr, resolve_recipe, scaled_lr
+from budgetssl.engine.recipe import (
+    Recipe,
+    clip_per_parameter,
+    param_groups,
+    peak_lr,
+    resolve_recipe,
+    scaled_lr,
+)
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.task import Task
+from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
 from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
 from conftest import run_config
@@ -75,7 +84,7 @@ def test_explicit_lr_wins_over_scaling_and_reaches_the_optimizer():
     run = run_config("train.base_lr=1e-3", "train.batch_size=512", "train.lr=0.05")
     recipe = resolve_recipe(run.train)
     assert recipe["lr"] == 0.05 and recipe["base_lr"] == 1e-3 and recipe["lr_scaling"] == "explicit train.lr"
-    trainer = Trainer(nn.Linear(3, 3), LoopSettings.from_train(run.train))
+    trainer = Trainer(Linear(), LoopSettings.from_train(run.train))
     trainer.schedule(run.train.warmup_fraction)  # the end of warm-up: the peak
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
 
@@ -108,7 +117,13 @@ class Tiny(nn.Module):
         return {"pos_embed"}
 
 
-class Wrapper(nn.Module):
+class Linear(Task):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 3)
+
+
+class Wrapper(Task):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = Tiny()
@@ -137,10 +152,8 @@ def test_weight_decay_rules_pick_the_parameters():
 
 
 def test_weight_decay_schedule_changes_only_decayed_groups():
-    settings = LoopSettings(
-        lr=0.1, final_lr_ratio=0.0, warmup_fraction=0.0, weight_decay=0.04, weight_decay_end=0.4
-    )
-    trainer = Trainer(Wrapper(), settings)
+    recipe = Recipe(lr=0.1, final_lr_ratio=0.0, warmup_fraction=0.0, weight_decay=0.04, weight_decay_end=0.4)
+    trainer = Trainer(Wrapper(), LoopSettings(recipe))
     for fraction, expected in ((0.0, 0.04), (0.5, 0.22), (1.0, 0.4)):
         trainer.schedule(fraction)
         decays = sorted(g["weight_decay"] for g in trainer.optimizer.param_groups)

@@ -15,8 +15,8 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torchvision.transforms import v2
 
-from budgetssl.engine.loop import Trainer, to_device
 from budgetssl.engine.recipe import resolve_recipe
+from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.methods.heads import WeightNormLinear
 from budgetssl.methods.zoo.mae import sincos_pos_embed
 from budgetssl.stages.pretrain import build, loop_settings

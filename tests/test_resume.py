@@ -45,10 +45,10 @@ def one_thread():
 
 def run_in_process(folder: Path, *extra: str) -> int:
     from budgetssl.cli.common import execute
-    from budgetssl.cli.pretrain import pretrain_stage
     from budgetssl.config.compose import compose_config
+    from budgetssl.stages.commands import pretrain_only
 
-    return execute(compose_config([*SETTINGS, *extra]), folder, pretrain_stage, "budgetssl-pretrain")
+    return execute(compose_config([*SETTINGS, *extra]), folder, pretrain_only, "budgetssl-pretrain")
 
 
 def start_cli(folder: Path) -> subprocess.Popen:

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from budgetssl.backbones.backbone import build_backbone
-from budgetssl.engine.loop import LoopSettings, Trainer
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
-from budgetssl.transfer import finetune, stage
+from budgetssl.stages import transfer as stage
+from budgetssl.transfer import finetune
 from budgetssl.transfer.finetune import transfer_settings
 from budgetssl.transfer.heads import Segmenter
 from conftest import TINY, cli, run_config, small, summary
@@ -54,7 +57,7 @@ def test_frozen_backbone_gets_no_gradient_and_no_optimizer_state():
     model = segmenter("vit_nano", 16, "linear")
     model.backbone.requires_grad_(False)
     trainer = Trainer(
-        model, LoopSettings(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.05)
+        model, LoopSettings(Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.05))
     )
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     batch = {"image": torch.randn(4, 3, 16, 16), "mask": torch.randint(0, 6, (4, 16, 16))}
@@ -109,14 +112,14 @@ def test_the_probe_starts_from_the_weights_fine_tuning_started_from(tmp_path, mo
         return record
 
     monkeypatch.setattr(stage, "probe", spy)
-    record = stage.transfer(run, tmp_path, backbone)
+    record, probed = stage.transfer(run, tmp_path, backbone)
     assert not all(torch.equal(start[k], v) for k, v in backbone.state_dict().items())  # fine-tuned
     for state in (seen["before"], seen["after"]):
         assert all(torch.equal(start[k], v) for k, v in state.items())
-    assert record["probe_steps"] == record["transfer_steps"] == 5
-    assert record["probe_flops"] < record["transfer_flops"]
-    scores = json.loads((tmp_path / record["transfer_scores"]).read_text())
-    assert scores["background_index"] == 0 and scores["miou_objects"] == record["miou_objects"]
+    assert probed is not None and probed.probe_steps == record.transfer_steps == 5
+    assert probed.probe_flops < record.transfer_flops
+    scores = json.loads((tmp_path / record.transfer_scores).read_text())
+    assert scores["background_index"] == 0 and scores["miou_objects"] == record.miou_objects
 
 
 def test_every_transfer_runs_one_optimizer_whatever_recipe_pretrained_the_backbone():
@@ -124,9 +127,9 @@ def test_every_transfer_runs_one_optimizer_whatever_recipe_pretrained_the_backbo
     assert len({str(run.train) for run in runs.values()}) > 1  # the recipes differ ...
     settings = {m: transfer_settings(run.transfer, run.train) for m, run in runs.items()}
     assert all(s == settings["supervised"] for s in settings.values())  # ... the transfer does not
-    s = settings["dino"]
+    s = settings["dino"].recipe
     assert (s.optimizer, s.grad_clip, s.lr, s.weight_decay) == ("adamw", None, 1e-3, 0.01)
-    assert getattr(s, "weight_decay_end", None) is None and getattr(s, "betas", None) is None
+    assert s.weight_decay_end is None and s.betas is None
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from budgetssl.backbones.backbone import Backbone, build_backbone
-from budgetssl.engine.loop import LoopSettings, Trainer
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.trainer import Trainer
 from budgetssl.transfer.finetune import finetune
 from budgetssl.transfer.heads import Segmenter
 from conftest import TINY, run_config
@@ -47,7 +49,7 @@ def trained(name: str, size: int, head: str, factor: float, readout_norm: bool =
     model = Segmenter(backbone(name, size, factor), head, 6, 255, image_size=size, readout_norm=readout_norm)
     before = torch.cat([p.detach().flatten() for p in model.backbone.parameters()])
     trainer = Trainer(
-        model, LoopSettings(lr=1e-3, final_lr_ratio=1.0, warmup_fraction=0.0, weight_decay=0.05)
+        model, LoopSettings(Recipe(lr=1e-3, final_lr_ratio=1.0, warmup_fraction=0.0, weight_decay=0.05))
     )
     gen = torch.Generator().manual_seed(1)
     losses = []
@@ -96,6 +98,6 @@ def test_transfer_scores_do_not_depend_on_the_backbone_scale(tmp_path):
         records.append(finetune(run.transfer, backbone("vit_nano", 16, factor), run.train, 0, folder))
     one, eight = records
     # Measured (float32): mIoU 5.555 and 5.555, final loss 1.81324 and 1.81324.
-    assert eight["transfer_final_loss"] == pytest.approx(one["transfer_final_loss"], rel=1e-4)
-    assert eight["miou"] == pytest.approx(one["miou"], abs=0.05)
-    assert eight["miou_objects"] == pytest.approx(one["miou_objects"], abs=0.05)
+    assert eight.transfer_final_loss == pytest.approx(one.transfer_final_loss, rel=1e-4)
+    assert eight.miou == pytest.approx(one.miou, abs=0.05)
+    assert eight.miou_objects == pytest.approx(one.miou_objects, abs=0.05)

@@ -1,69 +1,79 @@
-"""Runs grouped by what they varied (method, dataset, backbone, budget); seeds averaged, spread kept."""
+"""Runs grouped by what they varied (method, dataset, backbone, budget), computed once per pair of axes:
+seeds averaged with their spread kept, and the random-init runs gathered in the same pass."""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+
+from budgetssl.record.sections import Record
 
 BASELINE = "random_init"
-GROUP = ("method", "dataset", "backbone", "budget_flops")
 
 
 @dataclass(frozen=True)
 class Point:
-    """One configuration: the mean of `x` and `y` over its seeds, and the spread (std) of `y`."""
+    """One configuration: the mean of `x` and `y` over its seeds, and the spread (std) of `y`.
+    A random-init point has no pretraining dataset and a budget of 0; its x is None when no seed has one."""
 
     method: str
     dataset: str | None
     backbone: str | None
     budget: float
-    x: float
+    x: float | None
     y: float
     spread: float
     seeds: int
 
+    @property
+    def baseline(self) -> bool:
+        return self.method == BASELINE
 
-def _value(run: dict[str, Any], key: str) -> float | None:
-    value = run.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+@dataclass
+class Aggregate:
+    """Every configuration's point for `y` against `x`: pretrained ones and random-init ones apart."""
+
+    x: str
+    y: str
+    points: list[Point] = field(default_factory=list)  # pretrained, x > 0 (the axis is logarithmic)
+    baselines: list[Point] = field(default_factory=list)  # random init, one per backbone and transfer
+
+    def front_candidates(self) -> list[Point]:
+        return self.points + [b for b in self.baselines if b.x is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.points or self.baselines)
 
 
-def points(runs: list[dict[str, Any]], x: str, y: str, baseline: bool = False) -> list[Point]:
-    """Mean over seeds of every configuration that has both fields (x > 0: the axis is logarithmic);
-    the random-init runs only when `baseline` (they cost their transfer alone)."""
-    groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
-    for run in runs:
-        xv, yv = _value(run, x), _value(run, y)
-        if xv is None or yv is None or xv <= 0 or (run.get("method") == BASELINE) != baseline:
+def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
+    """One pass over the records: configurations with `y` (and, pretrained, an `x` > 0)."""
+    groups: dict[tuple, list[tuple[float | None, float]]] = defaultdict(list)
+    for record in records:
+        xv, yv = record.number(x), record.number(y)
+        baseline = record.identity.method == BASELINE
+        if yv is None or (not baseline and (xv is None or xv <= 0)):
             continue
-        groups[tuple(run.get(k) for k in GROUP)].append((xv, yv))
-    out = []
+        i = record.identity
+        key = (str(i.method), i.dataset, i.backbone, float(i.budget_flops or 0))
+        groups[key].append((xv if xv is not None and xv > 0 else None, yv))
+    found = Aggregate(x, y)
     for (method, dataset, backbone, budget), values in groups.items():
         ys = [v[1] for v in values]
-        out.append(
-            Point(
-                method=str(method),
-                dataset=dataset,
-                backbone=backbone,
-                budget=float(budget or 0),
-                x=statistics.fmean(v[0] for v in values),
-                y=statistics.fmean(ys),
-                spread=statistics.stdev(ys) if len(ys) > 1 else 0.0,
-                seeds=len(ys),
-            )
+        xs = [v[0] for v in values if v[0] is not None]
+        point = Point(
+            method=method,
+            dataset=dataset,
+            backbone=backbone,
+            budget=budget,
+            x=statistics.fmean(xs) if xs else None,
+            y=statistics.fmean(ys),
+            spread=statistics.stdev(ys) if len(ys) > 1 else 0.0,
+            seeds=len(ys),
         )
-    return sorted(out, key=lambda p: (p.method, str(p.dataset), str(p.backbone), p.x))
-
-
-def baselines(runs: list[dict[str, Any]], y: str) -> dict[str | None, tuple[float, float, int]]:
-    """Random-init score per backbone: (mean, std, seeds). It has no pretraining dataset."""
-    found: dict[str | None, list[float]] = defaultdict(list)
-    for run in runs:
-        yv = _value(run, y)
-        if run.get("method") == BASELINE and yv is not None:
-            found[run.get("backbone")].append(yv)
-    return {
-        b: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for b, v in found.items()
-    }
+        (found.baselines if point.baseline else found.points).append(point)
+    order = lambda p: (p.method, str(p.dataset), str(p.backbone), p.x or 0.0)  # noqa: E731
+    found.points.sort(key=order)
+    found.baselines.sort(key=order)
+    return found

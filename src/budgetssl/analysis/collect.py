@@ -1,20 +1,32 @@
-"""Gather the summary.json of every run below a folder, counting the ones that cannot be used."""
+"""Gather the record of every run below a folder, counting the ones that cannot be used."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from budgetssl.record.sections import Record
 from budgetssl.record.summary import SUMMARY
 
 
 @dataclass
+class Run:
+    """A completed run's record and the folder it was read from."""
+
+    record: Record
+    folder: Path
+
+
+@dataclass
 class Collection:
-    runs: list[dict[str, Any]] = field(default_factory=list)  # completed records, each with its "path"
+    runs: list[Run] = field(default_factory=list)
     failed: list[Path] = field(default_factory=list)
     unreadable: list[Path] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[Record]:
+        return [r.record for r in self.runs]
 
     def describe(self) -> str:
         return (
@@ -24,17 +36,19 @@ class Collection:
 
 
 def collect(root: Path) -> Collection:
+    """Every summary.json below `root` (this version's records and older ones), typed."""
     found = Collection()
     for path in sorted(root.rglob(SUMMARY)):
         try:
-            record = json.loads(path.read_text())
-            if not isinstance(record, dict):
+            flat = json.loads(path.read_text())
+            if not isinstance(flat, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError):
             found.unreadable.append(path)
             continue
-        if record.get("status") != "completed":
+        record = Record.from_json(flat)
+        if record.outcome.status != "completed":
             found.failed.append(path)
             continue
-        found.runs.append({**record, "path": str(path.parent)})
+        found.runs.append(Run(record, path.parent))
     return found

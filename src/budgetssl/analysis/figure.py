@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from budgetssl.analysis.aggregate import Point, baselines, points  # noqa: E402
+from budgetssl.analysis.aggregate import Aggregate, Point  # noqa: E402
 from budgetssl.analysis.frontier import pareto_front  # noqa: E402
 from budgetssl.record.files import atomic_write  # noqa: E402
 
@@ -33,13 +33,12 @@ def _label(field: str) -> str:
     return LABELS.get(field, field.replace("_", " ") + (" (fma=2)" if "flops" in field else ""))
 
 
-def _draw(ax: Any, runs: list[dict[str, Any]], x: str, y: str, colours: dict[str, Any]) -> bool:
-    pts = points(runs, x, y)
+def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[str, Any]) -> bool:
     lines: dict[str, list[Point]] = defaultdict(list)
-    for p in pts:
+    for p in points:
         lines[p.method].append(p)
     for method, line in sorted(lines.items()):
-        line.sort(key=lambda p: p.x)
+        line.sort(key=lambda p: p.x)  # type: ignore[arg-type,return-value]
         ax.errorbar(
             [p.x for p in line],
             [p.y for p in line],
@@ -49,27 +48,27 @@ def _draw(ax: Any, runs: list[dict[str, Any]], x: str, y: str, colours: dict[str
             color=colours[method],
             label=method,
         )
-    base = points(runs, x, y, baseline=True)
-    front = pareto_front(pts + base)
+    placed = [b for b in baselines if b.x is not None]
+    front = pareto_front(points + placed)
     if front:
         ax.step([p.x for p in front], [p.y for p in front], where="post", color="black", lw=1, alpha=0.6)
         ax.scatter([p.x for p in front], [p.y for p in front], s=140, facecolors="none", edgecolors="black",
                    label="Pareto front", zorder=3)  # fmt: skip
-    for backbone, (level, _, _) in sorted(baselines(runs, y).items(), key=lambda kv: str(kv[0])):
-        ax.axhline(level, color="grey", linestyle="--", label=f"random init {backbone} ({level:.1f})")
-    if base:
-        ax.scatter([p.x for p in base], [p.y for p in base], marker="s", color="grey", zorder=3)
+    for b in sorted(baselines, key=lambda b: str(b.backbone)):
+        ax.axhline(b.y, color="grey", linestyle="--", label=f"random init {b.backbone} ({b.y:.1f})")
+    if placed:
+        ax.scatter([p.x for p in placed], [p.y for p in placed], marker="s", color="grey", zorder=3)
     ax.set_xscale("log")
-    xs = [p.x for p in pts + base]
+    xs = [p.x for p in points + placed if p.x is not None]
     if xs and max(xs) / min(xs) < 10:  # widen to whole decades, or the axis labels only minor ticks
         ax.set_xlim(10 ** math.floor(math.log10(min(xs))), 10 ** math.ceil(math.log10(max(xs)) + 1e-9))
     ax.grid(True, which="both", alpha=0.3)
-    return bool(pts) or bool(baselines(runs, y))
+    return bool(points or baselines)
 
 
-def _colours(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _colours(found: Aggregate) -> dict[str, Any]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    methods = sorted({str(r.get("method")) for r in runs})
+    methods = sorted({p.method for p in found.points})
     return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
 
 
@@ -80,10 +79,11 @@ def _save(fig: Any, out: Path) -> Path:
     return out
 
 
-def plot_runs(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str = "") -> Path:
-    """Draw `y` against `x` for every run that has both; refuse an empty figure."""
+def plot_points(found: Aggregate, out: Path, title: str = "") -> Path:
+    """Draw the aggregate's `y` against its `x`; refuse an empty figure."""
+    x, y = found.x, found.y
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if not _draw(ax, runs, x, y, _colours(runs)):
+    if not _draw(ax, found.points, found.baselines, _colours(found)):
         plt.close(fig)
         raise ValueError(f"no completed run has both '{x}' and '{y}' to plot")
     ax.set_xlabel(_label(x))
@@ -93,23 +93,22 @@ def plot_runs(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str 
     return _save(fig, out)
 
 
-def plot_facets(runs: list[dict[str, Any]], x: str, y: str, out: Path, title: str = "") -> Path:
+def plot_facets(found: Aggregate, out: Path, title: str = "") -> Path:
     """One panel per pretraining dataset (rows) and backbone (columns); random init by backbone."""
-    datasets = sorted({r.get("dataset") for r in runs if r.get("dataset") is not None})
-    backbones = sorted({r.get("backbone") for r in runs if r.get("backbone") is not None})
-    colours = _colours(runs)
+    x, y = found.x, found.y
+    datasets = sorted({p.dataset for p in found.points if p.dataset is not None})
+    backbones = sorted({p.backbone for p in found.points + found.baselines if p.backbone is not None})
+    if not datasets or not backbones:
+        raise ValueError(f"no pretrained run has both '{x}' and '{y}' to plot by dataset and backbone")
+    colours = _colours(found)
     fig, axes = plt.subplots(
         len(datasets), len(backbones), figsize=(4.2 * len(backbones), 3.2 * len(datasets)), squeeze=False
     )
     for i, dataset in enumerate(datasets):
         for j, backbone in enumerate(backbones):
             ax = axes[i][j]
-            panel = [
-                r
-                for r in runs
-                if r.get("backbone") == backbone and (r.get("dataset") == dataset or r.get("dataset") is None)
-            ]
-            _draw(ax, panel, x, y, colours)
+            panel = [p for p in found.points if p.backbone == backbone and p.dataset == dataset]
+            _draw(ax, panel, [b for b in found.baselines if b.backbone == backbone], colours)
             ax.set_title(f"{dataset} / {backbone}", fontsize=9)
             ax.set_xlabel(_label(x), fontsize=8)
             ax.set_ylabel(_label(y), fontsize=8)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from budgetssl.analysis.aggregate import Point
+from budgetssl.analysis.aggregate import BASELINE, Point
 from budgetssl.analysis.frontier import Crossing
+from budgetssl.record.sections import Record
 
 COLUMNS = [
     ("method", "method"),
@@ -28,12 +29,8 @@ COLUMNS = [
 METRICS = {"miou": "mIoU", "miou_objects": "objects mIoU", "probe_miou": "probe mIoU"}
 
 
-def field(run: dict[str, Any], key: str) -> Any:
-    """A record field; `a.b` reads key b of the dict in field a (e.g. recipe.lr), None where absent."""
-    value: Any = run
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
+# A random init has no pretraining: its budget, cost and recipe are empty, not zero.
+PRETRAINING_ONLY = {"dataset", "recipe.optimizer", "recipe.lr", "budget_flops", "train_flops"}
 
 
 def _cell(value: Any) -> str:
@@ -48,21 +45,34 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def sort_key(run: dict[str, Any]) -> tuple:
-    return (str(run.get("method")), str(run.get("backbone")), float(run.get("budget_flops") or 0))
+def sort_key(record: Record) -> tuple:
+    i = record.identity
+    return (str(i.method), str(i.backbone), float(i.budget_flops or 0))
 
 
-def markdown_table(runs: list[dict[str, Any]]) -> str:
+def cell(record: Record, key: str) -> str:
+    if key in PRETRAINING_ONLY and record.identity.method == BASELINE:
+        return "-"
+    return _cell(record.value(key))
+
+
+def markdown_table(records: list[Record]) -> str:
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = [
-        "| " + " | ".join(_cell(field(r, k)) for k, _ in COLUMNS) + " |" for r in sorted(runs, key=sort_key)
-    ]
+    rows = ["| " + " | ".join(cell(r, k) for k, _ in COLUMNS) + " |" for r in sorted(records, key=sort_key)]
     return "\n".join([head, rule, *rows])
 
 
 def _flops(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
+
+
+def _text(value: str | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _budget(p: Point) -> str:
+    return "-" if p.baseline else _flops(p.budget)
 
 
 def summary_table(pts: list[Point], y: str = "miou") -> str:
@@ -74,7 +84,7 @@ def summary_table(pts: list[Point], y: str = "miou") -> str:
     for p in sorted(pts, key=lambda p: (str(p.dataset), str(p.backbone), p.budget, -p.y)):
         spread = f"{p.spread:.2f}" if p.seeds > 1 else "-"
         rows.append(
-            f"| {p.method} | {p.dataset} | {p.backbone} | {_flops(p.budget)} | {p.seeds} "
+            f"| {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {_flops(p.budget)} | {p.seeds} "
             f"| {p.y:.2f} | {spread} |"
         )
     return "\n".join(rows)
@@ -86,12 +96,13 @@ def front_table(front: list[Point], best: dict[float, Point], label: str = "mIoU
         "|---" * 6 + "|",
     ]
     rows += [
-        f"| {p.method} | {p.dataset} | {p.backbone} | {_flops(p.budget)} | {_flops(p.x)} | {p.y:.2f} |"
+        f"| {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {_budget(p)} | {_flops(p.x)} "
+        f"| {p.y:.2f} |"
         for p in front
     ]
     rows += ["", f"| budget (FLOPs) | best method | dataset | backbone | {label} |", "|---" * 5 + "|"]
     rows += [
-        f"| {_flops(budget)} | {p.method} | {p.dataset} | {p.backbone} | {p.y:.2f} |"
+        f"| {_flops(budget)} | {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {p.y:.2f} |"
         for budget, p in best.items()
     ]
     return "\n".join(rows)

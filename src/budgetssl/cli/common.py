@@ -6,45 +6,34 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from budgetssl.config.check import RunConfig, check_config
+from budgetssl.config.check import RunConfig
 from budgetssl.config.paths import config_dir
 from budgetssl.config.run_name import COMMAND_ENV, job_name
 from budgetssl.engine import distributed, signals
 from budgetssl.engine.distributed import is_main_process
 from budgetssl.errors import BudgetSSLError
+from budgetssl.plugins import check_config
+from budgetssl.record.identity import identity_of
+from budgetssl.record.lock import EXIT_BUSY, FolderBusy
+from budgetssl.record.lock import hold as hold_folder
+from budgetssl.record.sections import Outcome, Record
 from budgetssl.record.summary import SUMMARY, completed_record, environment, now, write_summary
 from budgetssl.record.wandb_log import summarize, wandb_run
 
-Stage = Callable[[RunConfig, Path], dict[str, Any]]
+Stage = Callable[[RunConfig, Path], Record]
 
 
 class RunFailed(Exception):
     """One run of a sweep failed (its record says why); Hydra lists it when the sweep ends."""
-
-
-def _identity(cfg: DictConfig) -> dict[str, Any]:
-    """What a failed record can still say about the run, even when the config did not validate."""
-
-    def get(key: str) -> Any:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-
-    return {
-        "method": get("method.name"),
-        "dataset": get("dataset.name"),
-        "backbone": get("backbone.name"),
-        "seed": get("seed"),
-        "budget_flops": get("budget.flops"),
-    }
 
 
 def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
@@ -54,45 +43,45 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
     works in rank 0's run folder, and rank 0 alone writes the record. Status: `completed`; `failed` (with
     `error`, `error_type` and, for a non-finite loss, `failed_step`; exit code 2 for a bad input, the
     exception re-raised for a crash); or `interrupted` by SIGTERM/SIGUSR1 after a checkpoint (exit code
-    75: run the same command again to resume). A completed record is never replaced by either.
+    75: run the same command again to resume). A completed record is never replaced by either. The run
+    folder is locked before anything is written to it (record/lock.py); one that another live process
+    holds returns EXIT_BUSY (73), nothing written.
     """
     start = time.perf_counter()
-    record: dict[str, Any] = {"command": command, "status": "running", **_identity(cfg), "started_at": now()}
+    outcome = Outcome(command=command, status="running", started_at=now())
+    record = Record(identity=identity_of(cfg), outcome=outcome)
     code = 0
     distributed.adopt_submitit_environment()
     main = is_main_process()
-    with signals.catch():
+    held = ExitStack()  # the run folder's lock, kept until the record is written
+    with signals.catch(), held:
         try:
             run = check_config(cfg)
             world = distributed.start(run.train.device)
             folder = _shared_folder(folder, world)
+            held.enter_context(hold_folder(folder, command, world))
             logger = run.logger.wandb if main else replace(run.logger.wandb, mode="disabled")
             with wandb_run(logger, folder, folder.name, run.to_dict()) as wandb:
-                record.update(stage(run, folder))
-                record["status"] = "completed"
+                record = stage(run, folder)
+                record.outcome, outcome.status = outcome, "completed"
                 summarize(wandb, record)
+        except FolderBusy as e:
+            print(f"{command}: {e}", file=sys.stderr)
+            return EXIT_BUSY
         except signals.Interrupted as e:
-            record.update(
-                status="interrupted",
-                error=str(e),
-                error_type="Interrupted",
-                signal=e.signal_name,
-                interrupted_at_step=e.step,
-                checkpoint=_relative(e.checkpoint, folder),
-            )
+            outcome.status, outcome.error, outcome.error_type = "interrupted", str(e), "Interrupted"
+            outcome.signal, outcome.interrupted_at_step = e.signal_name, e.step
+            outcome.checkpoint = _relative(e.checkpoint, folder)
             print(f"{command}: {e}", file=sys.stderr)
             code = signals.EXIT_INTERRUPTED
         except BudgetSSLError as e:
-            record.update(
-                status="failed",
-                error=str(e),
-                error_type=type(e).__name__,
-                failed_step=getattr(e, "step", None),
-            )
+            outcome.status, outcome.error, outcome.error_type = "failed", str(e), type(e).__name__
+            outcome.failed_step = getattr(e, "step", None)
             print(f"{command}: error: {e}", file=sys.stderr)
             code = 2
         except BaseException as e:
-            record.update(status="failed", error=f"{type(e).__name__}: {e}", error_type=type(e).__name__)
+            outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
+            outcome.error_type = type(e).__name__
             if main:
                 write_summary(folder, _finish(record, start))
             raise
@@ -100,7 +89,8 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
             distributed.stop()
         if main:
             path = write_summary(folder, _finish(record, start))
-            print(f"{command}: {record['status']}; record: {path}", file=sys.stderr if code else sys.stdout)
+            print(f"{command}: {outcome.status}; record: {path}", file=sys.stderr if code else sys.stdout)
+        held.close()  # free before a requeue hands the folder on
         if code == signals.EXIT_INTERRUPTED:
             signals.hand_over()  # e.g. submitit's checkpoint-and-requeue, where it was installed
     return code
@@ -132,13 +122,11 @@ def _shared_folder(folder: Path, world: distributed.World) -> Path:
     return shared
 
 
-def _finish(record: dict[str, Any], start: float) -> dict[str, Any]:
-    return {
-        **record,
-        "wall_seconds": time.perf_counter() - start,
-        "finished_at": now(),
-        "environment": environment(),
-    }
+def _finish(record: Record, start: float) -> Record:
+    outcome = record.outcome
+    outcome.wall_seconds, outcome.finished_at = time.perf_counter() - start, now()
+    outcome.environment = environment()
+    return record
 
 
 def hydra_command(stage: Stage, command: str) -> Callable[[], None]:
@@ -151,6 +139,9 @@ def hydra_command(stage: Stage, command: str) -> Callable[[], None]:
             print(f"{command}: skipped, already completed: {folder / SUMMARY} (rerun=true runs it again)")
             return
         code = execute(cfg, folder, stage, command)
+        if code == EXIT_BUSY and HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"{command}: skipped, another process is training it: {folder}")
+            return
         if code == 2 and HydraConfig.get().mode == RunMode.MULTIRUN:
             # An exception, not an exit: the launcher records this job as failed and the sweep goes on.
             raise RunFailed(f"{command} failed in {folder}; see {folder / SUMMARY}")

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from budgetssl.analysis.aggregate import aggregate
 from budgetssl.analysis.collect import collect
-from budgetssl.analysis.figure import plot_runs
+from budgetssl.analysis.figure import plot_points
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"budgetssl-plot: {found.describe()}", file=sys.stderr)
     out = args.out or args.runs_dir / f"{args.y}_vs_{args.x}.png"
     try:
-        plot_runs(found.runs, args.x, args.y, out)
+        plot_points(aggregate(found.records, args.x, args.y), out)
     except ValueError as e:
         print(f"budgetssl-plot: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -1,19 +1,20 @@
 """budgetssl-report RUNS_DIR --out OUT_DIR [--metric miou|probe_miou|miou_objects]: tables, the study's
 findings and figures from every run below RUNS_DIR (failed and unreadable records are counted, listed and
 left out), ranked by the chosen metric. The default metric writes report.md and miou_vs_*.png; another
-writes report_<metric>.md and <metric>_vs_*.png, so one folder holds the reports of several metrics."""
+writes report_<metric>.md and <metric>_vs_*.png, so one folder holds the reports of several metrics.
+Beside them, runs.csv: one flat row per completed run, for pandas or a spreadsheet."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from budgetssl.analysis.aggregate import baselines, points
+from budgetssl.analysis.aggregate import Aggregate, aggregate
 from budgetssl.analysis.collect import Collection, collect
-from budgetssl.analysis.figure import plot_facets, plot_runs
+from budgetssl.analysis.figure import plot_facets, plot_points
 from budgetssl.analysis.frontier import best_per_budget, crossings, pareto_front
+from budgetssl.analysis.runs_csv import write_runs_csv
 from budgetssl.analysis.table import (
     METRICS,
     crossing_table,
@@ -22,54 +23,56 @@ from budgetssl.analysis.table import (
     summary_table,
 )
 from budgetssl.record.files import atomic_write
+from budgetssl.record.sections import Record
 
-
-def with_totals(run: dict[str, Any]) -> dict[str, Any]:
-    """Add total_co2_kg: pretraining plus transfer, measured (null when neither was measured)."""
-    parts = [run.get("co2_kg"), run.get("transfer_co2_kg")]
-    known = [float(v) for v in parts if isinstance(v, (int, float))]
-    return {**run, "total_co2_kg": sum(known) if known else None}
+RUNS_CSV = "runs.csv"
 
 
 def report_file(metric: str) -> str:
     return "report.md" if metric == "miou" else f"report_{metric}.md"
 
 
-def figures(runs: list[dict[str, Any]], out: Path, metric: str = "miou") -> list[Path]:
-    written = []
-    co2 = "total_co2_kg" if any(r.get("total_co2_kg") for r in runs) else "co2_kg_estimated"
-    several = len({r.get("dataset") for r in runs if r.get("dataset")}) > 1 or (
-        len({r.get("backbone") for r in runs if r.get("backbone")}) > 1
+def figures(records: list[Record], by_flops: Aggregate, out: Path) -> list[Path]:
+    """The score against total FLOPs (the findings' aggregate) and against CO2, each also by dataset and
+    backbone when the runs vary either."""
+    metric = by_flops.y
+    co2 = "total_co2_kg" if any(r.total_co2_kg for r in records) else "co2_kg_estimated"
+    several = len({r.identity.dataset for r in records if r.identity.dataset}) > 1 or (
+        len({r.identity.backbone for r in records if r.identity.backbone}) > 1
     )
-    for x, name in (("total_flops", f"{metric}_vs_flops"), (co2, f"{metric}_vs_co2")):
+    written = []
+    for found, name in (
+        (by_flops, f"{metric}_vs_flops"),
+        (aggregate(records, co2, metric), f"{metric}_vs_co2"),
+    ):
         try:
-            written.append(plot_runs(runs, x, metric, out / f"{name}.png"))
+            written.append(plot_points(found, out / f"{name}.png"))
             if several:
-                written.append(plot_facets(runs, x, metric, out / f"{name}_facets.png"))
+                written.append(plot_facets(found, out / f"{name}_facets.png"))
         except ValueError as e:
             print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
     return written
 
 
-def findings(runs: list[dict[str, Any]], metric: str = "miou") -> list[str]:
-    label = METRICS[metric]
-    pts = points(runs, "total_flops", metric)
+def findings(found: Aggregate, params: dict[str, float]) -> list[str]:
+    label = METRICS[found.y]
     lines = ["## Findings", ""]
-    for backbone, (mean, spread, n) in sorted(baselines(runs, metric).items(), key=lambda kv: str(kv[0])):
+    for b in sorted(found.baselines, key=lambda b: str(b.backbone)):
         lines.append(
-            f"- random init ({backbone}): {label} {mean:.2f}"
-            + (f" ± {spread:.2f} over {n} seeds" if n > 1 else "")
+            f"- random init ({b.backbone or '-'}): {label} {b.y:.2f}"
+            + (f" ± {b.spread:.2f} over {b.seeds} seeds" if b.seeds > 1 else "")
         )
-    if not pts:
+    if not found.points:
         return lines + ["", f"No pretrained run has a {label} yet.", ""]
     lines += ["", f"### Pareto front ({label} against total FLOPs) and the best method at each budget", ""]
-    front = pareto_front(pts + points(runs, "total_flops", metric, baseline=True))
-    lines += [front_table(front, best_per_budget(pts), label), ""]
-    params = {str(r["backbone"]): float(r["params"]) for r in runs if r.get("backbone") and r.get("params")}
-    found = crossings(pts, params)
-    if found:
-        lines += ["### Where a larger backbone overtakes a smaller one", "", crossing_table(found), ""]
-    lines += ["### Mean over seeds", "", summary_table(pts, metric), ""]
+    lines += [front_table(pareto_front(found.front_candidates()), best_per_budget(found.points), label), ""]
+    crossed = crossings(found.points, params)
+    if crossed:
+        lines += ["### Where a larger backbone overtakes a smaller one", "", crossing_table(crossed), ""]
+    if any(p.seeds > 1 for p in found.points):
+        lines += ["### Mean over seeds", "", summary_table(found.points, found.y), ""]
+    else:
+        lines += ["Every point has one seed: run more (e.g. `seed=0,1,2`) to see the spread.", ""]
     return lines
 
 
@@ -107,15 +110,22 @@ def main(argv: list[str] | None = None) -> None:
     if not found.runs:
         print("budgetssl-report: error: nothing to report; run budgetssl-run first", file=sys.stderr)
         raise SystemExit(1)
-    if metric != "miou" and not any(isinstance(r.get(metric), (int, float)) for r in found.runs):
+    records = found.records
+    if metric != "miou" and not any(r.number(metric) is not None for r in records):
         hint = " (run the transfer with transfer.probe=true)" if metric == "probe_miou" else ""
         print(f"budgetssl-report: error: no completed run has '{metric}'{hint}", file=sys.stderr)
         raise SystemExit(1)
-    runs = [with_totals(r) for r in found.runs]
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(runs)
-    drawn = figures(runs, out, metric)
-    found_lines = findings(runs, metric)
+    table = markdown_table(records)
+    by_flops = aggregate(records, "total_flops", metric)
+    params = {
+        str(r.identity.backbone): float(r.provenance.params)
+        for r in records
+        if r.identity.backbone and r.provenance and r.provenance.params
+    }
+    drawn = figures(records, by_flops, out)
+    found_lines = findings(by_flops, params)
+    csv_path = write_runs_csv(found.runs, out / RUNS_CSV)
     title = "# budgetssl report" + ("" if metric == "miou" else f": {METRICS[metric]} (`{metric}`)")
     lines = [title, "", found.describe() + "."]
     if metric == "probe_miou":
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     print(table)
     print("\n" + "\n".join(found_lines))
-    print(f"budgetssl-report: wrote {path}" + "".join(f", {p}" for p in drawn))
+    print(f"budgetssl-report: wrote {path}, {csv_path}" + "".join(f", {p}" for p in drawn))
 
 
 if __name__ == "__main__":

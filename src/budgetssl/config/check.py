@@ -1,13 +1,31 @@
-"""Turn a composed Hydra config into typed, validated nodes; every mistake becomes a ConfigError."""
+"""Turn a composed Hydra config into typed, validated sections; every mistake becomes a ConfigError.
+
+Layering: config/ is the bottom of the package and names no stage. This module types each section onto
+its schema (`typed`: unknown keys, missing values, wrong types and values outside a schema Enum are errors
+that name the key and what is valid) and checks the values of the sections every run has: budget, train
+(with its recipe, config/recipe.py), energy, the dataset's image size. A plug-in's section (dataset,
+method, transfer, backbone family) is typed onto the config class its registry names and checked by the
+plug-in itself (`Method.check`, `SegmentationDataset.check`, a family's `check`); that assembly is one
+layer up, in budgetssl/plugins.py, which calls `resolve` and `build_run` here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+import typing
+from dataclasses import dataclass, fields, is_dataclass
+from enum import Enum
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
+from budgetssl.config.recipe import check_recipe
 from budgetssl.config.schema import (
     BackboneConfig,
     BudgetConfig,
@@ -22,9 +40,8 @@ from budgetssl.errors import ConfigError
 
 T = TypeVar("T")
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-WANDB_MODES = ("offline", "online", "disabled")
+# Config groups whose `name` picks a plug-in from a registry (budgetssl/plugins.py looks them up).
+PLUGIN_GROUPS = ("dataset", "method", "transfer", "backbone")
 
 
 @dataclass
@@ -41,7 +58,9 @@ class RunConfig:
     rerun: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return OmegaConf.to_container(OmegaConf.structured(self), resolve=True)  # type: ignore[return-value]
+        """Plain containers and strings (Enums by value): what checkpoints, wandb and the record store."""
+        node = OmegaConf.structured(self)
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)  # type: ignore[return-value]
 
 
 def typed(node: Any, cls: type[T], path: str) -> T:
@@ -56,9 +75,48 @@ def typed(node: Any, cls: type[T], path: str) -> T:
         raise ConfigError(f"unknown key '{path}.{e.key}'; valid keys under '{path}': {valid}") from None
     except MissingMandatoryValue as e:
         raise ConfigError(f"'{path}.{e.key}' must be set (e.g. {path}.{e.key}=<value>)") from None
+    except ValidationError as e:
+        raise (_not_a_choice(cls, node, path, e.full_key) or _invalid(path, e)) from None
     except OmegaConfBaseException as e:
-        key = f"{path}.{e.key}" if getattr(e, "key", None) else path
-        raise ConfigError(f"invalid value for '{key}': {e.msg}") from None
+        raise _invalid(path, e) from None
+
+
+def _invalid(path: str, e: OmegaConfBaseException) -> ConfigError:
+    key = f"{path}.{e.key}" if getattr(e, "key", None) else path
+    return ConfigError(f"invalid value for '{key}': {e.msg}")
+
+
+def _not_a_choice(cls: type, node: DictConfig, path: str, full_key: str) -> ConfigError | None:
+    """The error for a value outside a schema Enum: the key, the valid values and the value given."""
+    key = re.sub(r"\[\d+\]$", "", full_key)  # a list's item: the error is about the list
+    choices, is_list = _enum_at(cls, key.split("."))
+    if choices is None:
+        return None
+    valid = ", ".join(m.value for m in choices)
+    given = OmegaConf.select(node, key)
+    if is_list:
+        bad = [v for v in given or () if v not in choices.__members__]
+        return ConfigError(f"{path}.{key} may list {valid}; got unknown {bad}")
+    return ConfigError(f"{path}.{key} must be one of {valid}; got '{given}'")
+
+
+def _enum_at(cls: Any, keys: list[str]) -> tuple[type[Enum] | None, bool]:
+    """The Enum a (nested) schema field holds, and whether the field is a list of them."""
+    kind: Any = cls
+    for key in keys:
+        if not (isinstance(kind, type) and is_dataclass(kind)):
+            return None, False
+        kind = typing.get_type_hints(kind).get(key)
+        kind = _without_none(kind)
+    is_list = typing.get_origin(kind) is list
+    if is_list:
+        kind = _without_none(typing.get_args(kind)[0])
+    return (kind, is_list) if isinstance(kind, type) and issubclass(kind, Enum) else (None, False)
+
+
+def _without_none(kind: Any) -> Any:
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if typing.get_origin(kind) is not list and len(args) == 1 else kind
 
 
 def _require(ok: bool, message: str) -> None:
@@ -66,13 +124,9 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def check_config(cfg: DictConfig) -> RunConfig:
-    """Validate the whole composed config, including the cross-group combinations."""
-    from budgetssl.backbones.registry import FAMILIES
-    from budgetssl.data.registry import DATASETS
-    from budgetssl.methods.registry import METHODS
-    from budgetssl.transfer.registry import TRANSFERS
-
+def resolve(cfg: DictConfig) -> DictConfig:
+    """The config with interpolations resolved, every top-level section present and no unknown one,
+    and each plug-in group naming its plug-in."""
     try:
         cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except OmegaConfBaseException as e:
@@ -82,17 +136,23 @@ def check_config(cfg: DictConfig) -> RunConfig:
         _require(key in known, f"unknown top-level key '{key}'; valid keys: {', '.join(known)}")
     for key in known:
         _require(key in cfg, f"config has no '{key}' section; add it or pick a {key}= option")
-
-    for group in ("dataset", "method", "transfer", "backbone"):
+    for group in PLUGIN_GROUPS:
         node = cfg[group]
         _require(
             isinstance(node, DictConfig) and "name" in node,
             f"'{group}' must be a config with a 'name' field (choose it with {group}=<name>)",
         )
-    dataset_cls = DATASETS.get(cfg.dataset.name)
-    method_cls = METHODS.get(cfg.method.name)
-    transfer_cls = TRANSFERS.get(cfg.transfer.name)
+    return cfg
 
+
+def build_run(
+    cfg: DictConfig,
+    dataset: type[DatasetConfig],
+    method: type[MethodConfig],
+    transfer: type[TransferConfig],
+) -> RunConfig:
+    """Every section of the resolved `cfg` typed (the plug-in groups onto the config classes their
+    plug-ins declare) and the generic sections' values checked."""
     seed = cfg.seed
     _require(isinstance(cfg.rerun, bool), f"rerun must be true or false, got {cfg.rerun!r}")
     _require(isinstance(seed, int) and not isinstance(seed, bool), f"seed must be an integer, got {seed!r}")
@@ -101,31 +161,19 @@ def check_config(cfg: DictConfig) -> RunConfig:
         budget=typed(cfg.budget, BudgetConfig, "budget"),
         train=typed(cfg.train, TrainConfig, "train"),
         energy=typed(cfg.energy, EnergyConfig, "energy"),
-        dataset=typed(cfg.dataset, dataset_cls.config_class, "dataset"),
+        dataset=typed(cfg.dataset, dataset, "dataset"),
         backbone=typed(cfg.backbone, BackboneConfig, "backbone"),
-        method=typed(cfg.method, method_cls.config_class, "method"),
-        transfer=typed(cfg.transfer, transfer_cls.config_class, "transfer"),
+        method=typed(cfg.method, method, "method"),
+        transfer=typed(cfg.transfer, transfer, "transfer"),
         logger=typed(cfg.logger, LoggerConfig, "logger"),
         rerun=cfg.rerun,
     )
-    _check_values(run)
-    family = FAMILIES.get(run.backbone.family)
-    family.check(run.backbone, run.dataset.image_size)
-    family.check(run.backbone, run.transfer.image_size)
-    provided = dataset_cls.provided(run.dataset)
-    missing = sorted(set(method_cls.needs) - set(provided))
-    hint = dataset_cls.missing_hint(run.dataset, set(missing)) if missing else ""
-    _require(
-        not missing,
-        f"method '{run.method.name}' needs {', '.join(missing)} from its data, but dataset "
-        f"'{run.dataset.name}' provides only {', '.join(sorted(provided))}; "
-        + (f"{hint}, or pick another dataset= or method=" if hint else "pick another dataset= or method="),
-    )
-    method_cls.check(run)
+    check_values(run)
     return run
 
 
-def _check_values(run: RunConfig) -> None:
+def check_values(run: RunConfig) -> None:
+    """The values of the sections every run has (the closed lists were refused when typed)."""
     b, t, e, h = run.budget, run.train, run.energy, run.energy.hardware
     _require(
         b.flops > 0,
@@ -138,13 +186,7 @@ def _check_values(run: RunConfig) -> None:
     _require(0 <= t.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {t.final_lr_ratio}")
     _require(0 <= t.warmup_fraction < 1, f"train.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null")
-    from budgetssl.engine.recipe import check_recipe
-
     check_recipe(t)
-    _require(t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}, got '{t.precision}'")
-    mode = run.logger.wandb.mode
-    _require(mode in WANDB_MODES, f"logger.wandb.mode must be one of {WANDB_MODES}, got '{mode}'")
-    _require(t.device in DEVICES, f"train.device must be one of {DEVICES}, got '{t.device}'")
     _require(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _require(
@@ -156,38 +198,3 @@ def _check_values(run: RunConfig) -> None:
     for key in ("peak_flops_per_s", "power_watts", "pue", "grid_kg_per_kwh"):
         _require(getattr(h, key) > 0, f"energy.hardware.{key} must be > 0, got {getattr(h, key)}")
     _require(0 < h.utilization <= 1, f"energy.hardware.utilization must be in (0, 1], got {h.utilization}")
-    tr = run.transfer
-    _require(
-        (tr.steps is None) != (tr.flops is None),
-        "set exactly one transfer budget: transfer.steps=<int> or transfer.flops=<float> "
-        f"with the other null (got steps={tr.steps}, flops={tr.flops})",
-    )
-    _require(tr.steps is None or tr.steps >= 1, f"transfer.steps must be >= 1, got {tr.steps}")
-    _require(tr.flops is None or tr.flops > 0, f"transfer.flops must be > 0, got {tr.flops}")
-    from budgetssl.transfer.heads import HEADS
-
-    _require(tr.head in HEADS, f"transfer.head must be one of {tuple(HEADS)}, got '{tr.head}'")
-    _require(
-        tr.layer_decay is None or 0 < tr.layer_decay <= 1,
-        f"transfer.layer_decay must be in (0, 1] or null, got {tr.layer_decay}",
-    )
-    _require(
-        not (tr.layer_decay is not None and tr.freeze_backbone),
-        "transfer.layer_decay has no effect with transfer.freeze_backbone=true; set one of them",
-    )
-    _require(tr.batch_size >= 1, f"transfer.batch_size must be >= 1, got {tr.batch_size}")
-    _require(tr.lr > 0, f"transfer.lr must be > 0, got {tr.lr}")
-    _require(
-        tr.backbone_lr_scale >= 0, f"transfer.backbone_lr_scale must be >= 0, got {tr.backbone_lr_scale}"
-    )
-    _require(tr.image_size >= 8, f"transfer.image_size must be >= 8, got {tr.image_size}")
-    from budgetssl.transfer.evaluate import EVAL_MODES
-
-    _require(
-        tr.eval_mode in EVAL_MODES, f"transfer.eval_mode must be one of {EVAL_MODES}, got '{tr.eval_mode}'"
-    )
-    _require(
-        tr.eval_stride is None or 1 <= tr.eval_stride <= tr.image_size,
-        f"transfer.eval_stride must be in [1, transfer.image_size={tr.image_size}] or null, "
-        f"got {tr.eval_stride}",
-    )

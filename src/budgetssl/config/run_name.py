@@ -2,7 +2,8 @@
 
 `${run_name:}` in hydra.run.dir / hydra.sweep.subdir becomes
 `<command>_<method>_<backbone>_<dataset>_<budget>_<hash>`, the hash taken over the resolved config
-without the keys that cannot change a result (progress bars, logging, workers, the rerun flag). The
+without the keys that cannot change a result (config/volatile.py: progress bars, logging, workers, the
+rerun flag; the same list a checkpoint's resume check reads). The
 command travels as hydra.job.name (from $BUDGETSSL_COMMAND), so a launcher's worker process (joblib,
 submitit) names runs alike.
 """
@@ -15,13 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Keys that change how a run is watched, not what it computes.
-IGNORED = {
-    "rerun": None,
-    "logger": None,
-    "train": ("progress", "log_every", "num_workers", "checkpoint_every_steps"),
-    "energy": ("track", "measure_power_secs"),
-}
+from budgetssl.config.volatile import VOLATILE, without
+
 RESOLVER = "run_name"
 COMMAND_ENV = "BUDGETSSL_COMMAND"  # set by each console script; config.yaml's hydra.job.name reads it
 
@@ -32,10 +28,7 @@ def job_name(command: str) -> str:
 
 
 def config_hash(job: dict[str, Any], command: str) -> str:
-    job = {k: v for k, v in job.items() if not (k in IGNORED and IGNORED[k] is None)}
-    for section, keys in IGNORED.items():
-        if keys and isinstance(job.get(section), dict):
-            job[section] = {k: v for k, v in job[section].items() if k not in keys}
+    job = without(job, VOLATILE)
     text = json.dumps({"command": command, **job}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

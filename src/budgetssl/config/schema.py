@@ -1,11 +1,57 @@
-"""Typed config nodes. YAML files under configs/ hold the defaults; these say which keys exist."""
+"""Typed config nodes. YAML files under configs/ hold the defaults; these say which keys exist.
+
+An option with a fixed list of values is an Enum here, so OmegaConf turns the YAML string into a member and
+refuses any other value when the config is checked (`config.check.typed` names the key and the values).
+The members are `StrEnum`s named by their values: they compare, hash and format as the plain strings
+(`t.precision == "fp32"`), and `RunConfig.to_dict()` writes them back as strings.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from omegaconf import MISSING
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"  # CUDA only (a loss scaler); refused on CPU when the device is known
+
+
+class Device(StrEnum):
+    auto = "auto"  # CUDA if visible, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LrScaling(StrEnum):
+    linear = "linear"  # base_lr * B / ref
+    sqrt = "sqrt"  # base_lr * sqrt(B / ref)
+    none = "none"  # base_lr as stated
+
+
+# `global` is a Python keyword, so this one is spelt with the functional API; its members are the same.
+GradClipMode = StrEnum("GradClipMode", {"global": "global", "per_param": "per_param"})
+GradClipMode.__doc__ = "global: one norm over all gradients | per_param: each parameter's own (DINO's clip)"
+
+
+class NoWeightDecay(StrEnum):
+    biases_norms = "biases_norms"  # 1-d parameters: biases and norm scales
+    tokens = "tokens"  # what timm's `no_weight_decay()` names: position embeddings, class tokens
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class EvalMode(StrEnum):
+    resize = "resize"  # score at transfer.image_size
+    slide = "slide"  # windows of transfer.image_size over the full resolution
 
 
 @dataclass
@@ -21,7 +67,7 @@ class TrainConfig:
     batch_size: int = MISSING  # global batch
     optimizer: str = MISSING  # any name timm.optim.create_optimizer_v2 knows (adamw, lars, sgd, lamb, ...)
     base_lr: float = MISSING  # the recipe's lr for a batch of lr_reference_batch
-    lr_scaling: str = MISSING  # linear (base_lr * B / ref) | sqrt (base_lr * sqrt(B / ref)) | none
+    lr_scaling: LrScaling = MISSING  # linear (base_lr * B / ref) | sqrt (base_lr * sqrt(B / ref)) | none
     lr_reference_batch: int = MISSING  # the batch base_lr is stated for (256 in most recipes)
     lr: float | None = MISSING  # null: base_lr scaled by lr_scaling; a number: this peak lr, unscaled
     betas: list[float] | None = MISSING  # Adam-family (beta1, beta2); null for SGD/LARS
@@ -29,14 +75,14 @@ class TrainConfig:
     eps: float | None = MISSING  # null: the optimizer's own default
     weight_decay: float = MISSING
     weight_decay_end: float | None = MISSING  # null: constant; else cosine weight_decay -> this (DINO)
-    no_weight_decay: list[str] = MISSING  # parameters without weight decay: biases_norms, tokens
+    no_weight_decay: list[NoWeightDecay] = MISSING  # parameters without weight decay: biases_norms, tokens
     final_lr_ratio: float = MISSING  # cosine decays to lr * final_lr_ratio on the last step
     warmup_fraction: float = MISSING  # fraction of the planned steps spent warming up
     grad_clip: float | None = MISSING  # null: no clipping
-    grad_clip_mode: str = MISSING  # global (one norm over all gradients) | per_param (DINO's clip)
+    grad_clip_mode: GradClipMode = MISSING  # global (one norm over all gradients) | per_param (DINO's clip)
     drop_path: float = MISSING  # stochastic depth rate of the pretrained backbone
-    precision: str = MISSING  # fp32 | bf16 | fp16
-    device: str = MISSING  # auto | cpu | cuda
+    precision: Precision = MISSING  # fp32 | bf16 | fp16
+    device: Device = MISSING  # auto | cpu | cuda
     num_workers: int = MISSING
     log_every: int = MISSING
     progress: bool = MISSING
@@ -65,7 +111,7 @@ class EnergyConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = MISSING  # offline | online | disabled; credentials come from wandb's own login
+    mode: WandbMode = MISSING  # offline | online | disabled; credentials come from wandb's own login
     project: str = MISSING
     entity: str | None = MISSING
     group: str | None = MISSING
@@ -124,6 +170,6 @@ class TransferConfig:
     warmup_fraction: float = MISSING
     weight_decay: float = MISSING
     eval_batch_size: int = MISSING
-    eval_mode: str = MISSING  # resize (score at image_size) | slide (windows of image_size, full resolution)
+    eval_mode: EvalMode = MISSING  # resize (score at image_size) | slide (windows at full resolution)
     eval_stride: int | None = MISSING  # slide mode's stride; null = 2/3 of a window
     probe: bool = MISSING  # also score the backbone frozen, with a linear head (probe_miou, probe_flops)

@@ -3,6 +3,7 @@ path, what was expected and what is there instead."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from budgetssl.errors import ConfigError
@@ -51,3 +52,15 @@ def require_file(root: Path, relative: str, option: str, expected: str) -> Path:
         there = contents(parent) if parent.is_dir() else f"no folder {parent.relative_to(root)}/"
         raise ConfigError(f"{option}={root} has no file {relative} (expected {expected}); found {there}")
     return path
+
+
+def require_files(paths: Sequence[Path], kind: str, of: str, option: str, root: Path, expected: str) -> None:
+    """Every one of `paths` (the `kind` file of each of `of`) exists: a file missing mid-run would stop a
+    run late, so it is named now, with how many more are missing."""
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} of the {len(paths)} {of} have no {kind}, e.g. {missing[0]} is missing "
+            f"({option}={root}; expected {expected}); restore the missing files or point {option} at a "
+            "complete copy"
+        )

@@ -19,24 +19,20 @@ from typing import Any
 
 import torch
 
+from budgetssl.config.volatile import VOLATILE, covered
 from budgetssl.errors import BudgetSSLError, ConfigError
+from budgetssl.record.files import megabytes, no_space
 
 FOLDER = "checkpoints"
 FORMAT = 1
 NAME = re.compile(r"^step_(\d+)\.pt$")
 REQUIRED = ("format", "step", "spent", "plan", "model", "optimizer")
-# Settings that may differ between an interrupted run and its resumption.
-MAY_CHANGE = (
-    "train.progress",
-    "train.log_every",
-    "train.num_workers",
-    "train.checkpoint_every_steps",
-    "train.device",
-    "energy.",
-    "transfer.",
-    "logger.",
-    "rerun",
-)
+# Settings that may differ between an interrupted run and its resumption: the keys that cannot change a
+# result (config/volatile.py, the list the run folder's name also leaves out), extended by what the
+# pretraining state in a checkpoint does not depend on: the device (a checkpoint is read onto the CPU and
+# moved), the energy section (how energy is metered, the CO2 estimate's hardware model and grid) and the
+# transfer section (it runs after pretraining, from the finished backbone).
+MAY_CHANGE: tuple[str, ...] = (*VOLATILE, "train.device", "energy", "transfer")
 
 
 class CheckpointError(BudgetSSLError):
@@ -47,9 +43,21 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:09d}.pt"
 
 
+def tensor_bytes(tree: Any) -> int:
+    """The bytes of the tensors in `tree` (dicts, lists, tuples): about what torch.save writes."""
+    if isinstance(tree, torch.Tensor):
+        return tree.nbytes
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(v) for v in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(v) for v in tree)
+    return 0
+
+
 def write_atomically(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it: a reader (or
-    a resumed run after kill -9) sees the old file or the whole new one, never half of one."""
+    a resumed run after kill -9) sees the old file or the whole new one, never half of one. A full disk
+    (or quota) is a DiskFull naming the filesystem, the checkpoint's size and the free space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -58,8 +66,15 @@ def write_atomically(path: Path, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            parts = {k: tensor_bytes(v) for k, v in state.items()}
+            largest = sorted((n, k) for k, n in parts.items() if n >= 50_000)[::-1][:4]
+            what = ", ".join(f"{k} {megabytes(n)}" for n, k in largest)
+            full = no_space(e, path, needed=sum(parts.values()), what=what)
+            if full is not None:
+                raise full from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -102,11 +117,7 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     """A checkpoint resumes only the run it came from: same method, data, budget, batch, seed..."""
     a, b = flatten(saved), flatten(current)
-    differ = sorted(
-        k
-        for k in set(a) | set(b)
-        if a.get(k) != b.get(k) and not k.startswith(MAY_CHANGE) and k not in MAY_CHANGE
-    )
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not covered(k, MAY_CHANGE))
     if differ:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:3])
         more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""

@@ -1,8 +1,8 @@
-"""A method's training recipe made concrete: the lr after batch scaling, the optimizer and its groups.
+"""A training recipe made concrete: the lr after batch scaling, its schedules, the optimizer and its groups.
 
-The recipe's values live in the configs (configs/config.yaml, overridden by each method's `train:`
-section, cited there); this module only turns them into an optimizer and says what it resolved to,
-so that the record states exactly what ran.
+A method's recipe values live in the configs (configs/config.yaml, overridden by each method's `train:`
+section, cited there); the transfer has its own, one for every backbone. This module turns either into a
+`Recipe` the loop follows and says what it resolved to, so that the record states exactly what ran.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
+from timm.optim import param_groups_weight_decay
 from torch import nn
 
-from budgetssl.config.schema import TrainConfig
+from budgetssl.config.recipe import optimizer_kwargs
+from budgetssl.config.schema import LrScaling, TrainConfig
+from budgetssl.engine.schedule import cosine, warmup_cosine
 from budgetssl.errors import ConfigError
 
-LR_SCALINGS = ("linear", "sqrt", "none")
 NO_WEIGHT_DECAY = ("biases_norms", "tokens")
-CLIP_MODES = ("global", "per_param")
 
 
 def scaled_lr(base_lr: float, rule: str, batch_size: int, reference_batch: int) -> float:
@@ -33,7 +33,7 @@ def scaled_lr(base_lr: float, rule: str, batch_size: int, reference_batch: int) 
         return base_lr * math.sqrt(ratio)
     if rule == "none":
         return base_lr
-    raise ConfigError(f"train.lr_scaling must be one of {LR_SCALINGS}, got '{rule}'")
+    raise ConfigError(f"train.lr_scaling must be one of {', '.join(LrScaling)}, got '{rule}'")
 
 
 def peak_lr(t: TrainConfig) -> float:
@@ -43,16 +43,56 @@ def peak_lr(t: TrainConfig) -> float:
     return scaled_lr(t.base_lr, t.lr_scaling, t.batch_size, t.lr_reference_batch)
 
 
-def optimizer_kwargs(betas: Any, eps: float | None, momentum: float | None) -> dict[str, Any]:
-    """Only the options the recipe states: an Adam-family optimizer takes betas, SGD/LARS momentum."""
-    out: dict[str, Any] = {}
-    if betas is not None:
-        out["betas"] = tuple(float(b) for b in betas)
-    if eps is not None:
-        out["eps"] = float(eps)
-    if momentum is not None:
-        out["momentum"] = float(momentum)
-    return out
+@dataclass(frozen=True)
+class Recipe:
+    """What the optimizer does over the plan: peak lr with warm-up and cosine decay, weight decay
+    (constant or cosine to `weight_decay_end`) and which parameters skip it, the optimizer and its
+    options, gradient clipping. Schedules run on the fraction of the plan done."""
+
+    lr: float  # the peak lr, after batch scaling
+    final_lr_ratio: float
+    warmup_fraction: float
+    weight_decay: float
+    weight_decay_end: float | None = None  # null: constant; else cosine weight_decay -> this
+    no_weight_decay: tuple[str, ...] = NO_WEIGHT_DECAY
+    optimizer: str = "adamw"
+    betas: tuple[float, float] | None = None  # null: the optimizer's default
+    eps: float | None = None
+    momentum: float | None = None
+    grad_clip: float | None = None
+    grad_clip_mode: str = "global"  # global | per_param
+
+    @classmethod
+    def from_train(cls, t: TrainConfig) -> Recipe:
+        """A method's recipe, as its `train:` section resolves for this batch."""
+        return cls(
+            lr=peak_lr(t),
+            final_lr_ratio=t.final_lr_ratio,
+            warmup_fraction=t.warmup_fraction,
+            weight_decay=t.weight_decay,
+            weight_decay_end=t.weight_decay_end,
+            no_weight_decay=tuple(t.no_weight_decay),
+            optimizer=t.optimizer,
+            betas=tuple(t.betas) if t.betas is not None else None,  # type: ignore[arg-type]
+            eps=t.eps,
+            momentum=t.momentum,
+            grad_clip=t.grad_clip,
+            grad_clip_mode=t.grad_clip_mode,
+        )
+
+    def lr_at(self, fraction: float) -> float:
+        """Linear warm-up from the final lr to the peak, then cosine back to the final lr."""
+        end = self.lr * self.final_lr_ratio
+        return warmup_cosine(fraction, peak=self.lr, end=end, warmup=self.warmup_fraction, start=end)
+
+    def weight_decay_at(self, fraction: float) -> float:
+        """Constant, or DINO's cosine from weight_decay to weight_decay_end over the budget."""
+        if self.weight_decay_end is None:
+            return self.weight_decay
+        return cosine(fraction, self.weight_decay, self.weight_decay_end)
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return optimizer_kwargs(self.betas, self.eps, self.momentum)
 
 
 def resolve_recipe(t: TrainConfig) -> dict[str, Any]:
@@ -76,42 +116,6 @@ def resolve_recipe(t: TrainConfig) -> dict[str, Any]:
         "grad_clip_mode": t.grad_clip_mode if t.grad_clip is not None else "none",
         "drop_path": t.drop_path,
     }
-
-
-def check_recipe(t: TrainConfig) -> None:
-    """Refuse a recipe the optimizer factory would crash on, at config time, naming the option."""
-    known = list_optimizers()
-    if t.optimizer not in known:
-        close = [n for n in known if n.startswith(t.optimizer[:3])][:8]
-        raise ConfigError(
-            f"train.optimizer '{t.optimizer}' is not an optimizer timm knows"
-            + (f"; close names: {', '.join(close)}" if close else "")
-            + " (the full list: timm.optim.list_optimizers())"
-        )
-    if t.lr_scaling not in LR_SCALINGS:
-        raise ConfigError(f"train.lr_scaling must be one of {LR_SCALINGS}, got '{t.lr_scaling}'")
-    bad = sorted(set(t.no_weight_decay) - set(NO_WEIGHT_DECAY))
-    if bad:
-        raise ConfigError(f"train.no_weight_decay may list {NO_WEIGHT_DECAY}, got unknown {bad}")
-    if t.grad_clip_mode not in CLIP_MODES:
-        raise ConfigError(f"train.grad_clip_mode must be one of {CLIP_MODES}, got '{t.grad_clip_mode}'")
-    if t.betas is not None and (len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas)):
-        raise ConfigError(f"train.betas must be [beta1, beta2] in [0, 1) or null, got {list(t.betas)}")
-    if t.base_lr <= 0 or t.lr_reference_batch < 1:
-        raise ConfigError("train.base_lr must be > 0 and train.lr_reference_batch >= 1")
-    if t.weight_decay < 0 or (t.weight_decay_end is not None and t.weight_decay_end < 0):
-        raise ConfigError("train.weight_decay and train.weight_decay_end must be >= 0")
-    if not 0 <= t.drop_path < 1:
-        raise ConfigError(f"train.drop_path must be in [0, 1), got {t.drop_path}")
-    try:  # the options reach the optimizer's constructor: try them on one parameter now
-        probe = nn.Parameter(torch.zeros(2, 2))
-        kwargs = optimizer_kwargs(t.betas, t.eps, t.momentum)
-        create_optimizer_v2([probe], opt=t.optimizer, lr=peak_lr(t), weight_decay=t.weight_decay, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"train.optimizer={t.optimizer} refuses the recipe's options ({e}); set train.betas=null for "
-            "SGD/LARS or train.momentum=null for the Adam family"
-        ) from None
 
 
 def decay_exempt_names(model: nn.Module) -> set[str]:

@@ -1,7 +1,9 @@
-"""Random-number states as tensors and plain lists, so a checkpoint loads with weights_only=True.
+"""Random numbers: one seed for Python, NumPy and torch, each rank's own stream, and the states saved as
+tensors and plain lists, so a checkpoint loads with weights_only=True.
 
-A resumed run draws the same numbers as an uninterrupted one (MAE's masks, dropout, anything a method
-draws on the device), which is what makes its final loss equal on CPU.
+A run is reproducible from its config, and a resumed run draws the same numbers as an uninterrupted one
+(MAE's masks, dropout, anything a method draws on the device), which is what makes its final loss equal
+on CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch, so a run is reproducible from its config."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def capture() -> dict[str, Any]:

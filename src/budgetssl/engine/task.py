@@ -1,10 +1,17 @@
-"""What the engine trains: any nn.Module whose forward(batch) returns a StepOutput."""
+"""What the engine trains: a Task, an nn.Module whose forward(batch) returns a StepOutput.
+
+The hooks are the whole contract between the loop and what it trains (a pretraining method, a
+segmenter). Each is a no-op here, so the loop calls every hook on every task and a task overrides only
+the ones it needs; methods.base.Method documents what each is for.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -13,3 +20,31 @@ class StepOutput:
 
     loss: torch.Tensor
     logs: dict[str, float] = field(default_factory=dict)
+
+
+class Task(nn.Module):
+    """A trainable step. Order within one step: on_step_start, forward, backward, on_after_backward,
+    optimizer step, on_step_end; on_plan once the budget is priced (and again on resume)."""
+
+    def forward(self, batch: dict[str, Any]) -> StepOutput:
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict] | None:
+        """The task's own optimizer groups (e.g. a backbone at a lower lr: "lr_scale"); None: the
+        recipe's rule groups every trainable parameter."""
+        return None
+
+    def on_plan(self, steps: int) -> dict[str, float]:
+        """The plan has `steps` updates; returns scheduled values the plan changed, to log."""
+        return {}
+
+    def on_step_start(self, fraction: float) -> dict[str, float]:
+        """Before the forward; returns scheduled values worth logging."""
+        return {}
+
+    def on_after_backward(self, fraction: float) -> None:
+        """After the backward pass, before gradient clipping and the optimizer step."""
+
+    def on_step_end(self, fraction: float) -> dict[str, float]:
+        """After the optimizer step (EMA updates); returns scheduled values worth logging."""
+        return {}

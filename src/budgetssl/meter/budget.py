@@ -1,10 +1,15 @@
-"""Turning a FLOP budget into a plan of steps, before training, so schedules can span it exactly."""
+"""Budgets: what a run may spend, turned into a plan of steps once a step is priced, so schedules span it.
+
+The loop takes a budget object, not a number: pretraining spends FLOPs (`FlopBudget`), a transfer may
+run a fixed number of steps (`StepBudget`); both are metered the same way.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
 from math import floor
+from typing import Protocol
 
 from budgetssl.errors import BudgetError
 
@@ -17,30 +22,40 @@ class Plan:
     flops_per_step: int
     steps: int
 
-    @property
-    def planned_flops(self) -> int:
-        return self.steps * self.flops_per_step
+
+class Budget(Protocol):
+    def plan(self, flops_per_step: int) -> Plan:
+        """The plan for steps of `flops_per_step` FLOPs (the measured first step)."""
+        ...
 
 
-def plan_for_budget(
-    budget_flops: float,
-    flops_per_step: int,
-    option: str = "budget.flops",
-    batch_option: str = "train.batch_size",
-) -> Plan:
-    """floor(budget / flops_per_step) steps; exact (no float rounding), and never zero."""
-    if flops_per_step <= 0:
-        raise BudgetError(f"a training step measured {flops_per_step} FLOPs; nothing to meter")
-    steps = floor(Fraction(budget_flops) / flops_per_step)
-    if steps < 1:
-        raise BudgetError(
-            f"{option}={budget_flops:.4g} is smaller than one training step "
-            f"({flops_per_step:.4g} FLOPs at this batch size and resolution); raise {option} to at "
-            f"least {flops_per_step:.4g} or lower {batch_option}"
-        )
-    return Plan(budget_flops=budget_flops, flops_per_step=flops_per_step, steps=steps)
+@dataclass(frozen=True)
+class FlopBudget:
+    """floor(flops / flops_per_step) steps, exact (no float rounding) and never zero. `option` and
+    `batch_option` name the settings to change in the error for a budget below one step."""
+
+    flops: float
+    option: str = "budget.flops"
+    batch_option: str = "train.batch_size"
+
+    def plan(self, flops_per_step: int) -> Plan:
+        if flops_per_step <= 0:
+            raise BudgetError(f"a training step measured {flops_per_step} FLOPs; nothing to meter")
+        steps = floor(Fraction(self.flops) / flops_per_step)
+        if steps < 1:
+            raise BudgetError(
+                f"{self.option}={self.flops:.4g} is smaller than one training step "
+                f"({flops_per_step:.4g} FLOPs at this batch size and resolution); raise {self.option} to "
+                f"at least {flops_per_step:.4g} or lower {self.batch_option}"
+            )
+        return Plan(budget_flops=self.flops, flops_per_step=flops_per_step, steps=steps)
 
 
-def plan_for_steps(steps: int, flops_per_step: int) -> Plan:
-    """A fixed number of steps (the transfer stage), metered the same way."""
-    return Plan(budget_flops=steps * flops_per_step, flops_per_step=flops_per_step, steps=steps)
+@dataclass(frozen=True)
+class StepBudget:
+    """A fixed number of steps (a transfer's `transfer.steps`); the FLOPs it buys are `steps` first steps."""
+
+    steps: int
+
+    def plan(self, flops_per_step: int) -> Plan:
+        return Plan(budget_flops=self.steps * flops_per_step, flops_per_step=flops_per_step, steps=self.steps)

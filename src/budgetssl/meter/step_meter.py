@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -40,3 +40,12 @@ class StepMeter:
         cost = StepCost(total=counter.total, breakdown={k: dict(v) for k, v in counter.passes.items()})
         self.costs[shape_key(batch)] = cost
         return cost
+
+    def state_dict(self) -> dict[str, Any]:
+        """The measured costs as plain lists and dicts (a checkpoint loads with weights_only=True), so a
+        resumed run never re-measures a shape."""
+        return {"costs": [[list(key), asdict(cost)] for key, cost in self.costs.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, cost in state["costs"]:
+            self.costs[tuple((name, tuple(shape), dtype) for name, shape, dtype in key)] = StepCost(**cost)

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
-from budgetssl.engine.task import StepOutput
+from budgetssl.engine.task import StepOutput, Task
 from budgetssl.methods.ema import EmaTeacher
 
 if TYPE_CHECKING:
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 View = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class Method(nn.Module):
-    """A pretraining method: its views of a sample, its modules and its loss.
+class Method(Task):
+    """A pretraining method: its views of a sample, its modules and its loss; a Task for the engine.
 
     - `needs`: sample fields the method reads besides the image ("label", "caption").
     - `forward_only`: names of submodules that run forward only (EMA teachers); they get no
@@ -66,9 +66,6 @@ class Method(nn.Module):
         starts = [teacher.plan(steps) for teacher in self.teachers()]
         return {"momentum": starts[0]} if starts else {}
 
-    def on_after_backward(self, fraction: float) -> None:
-        """Called after the backward pass, before gradient clipping and the optimizer step."""
-
     def validation_scores(self, val_set: Dataset) -> dict[str, float]:
         """Scores on the held-out split after pretraining; none unless the method has a task to score."""
         return {}
@@ -85,14 +82,6 @@ class Method(nn.Module):
 
     def teachers(self) -> list[EmaTeacher]:
         return [m for m in self.modules() if isinstance(m, EmaTeacher)]
-
-    def on_step_start(self, fraction: float) -> dict[str, float]:
-        """Called before each step's forward; returns scheduled values worth logging."""
-        return {}
-
-    def on_step_end(self, fraction: float) -> dict[str, float]:
-        """Called after each optimizer step; returns scheduled values worth logging."""
-        return {}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         frozen = {id(p) for name in self.forward_only for p in getattr(self, name).parameters()}

@@ -12,8 +12,9 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) when not distributed."""
+def rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) when not distributed. Read from torch.distributed
+    itself, not engine.distributed's World, so a loss works wherever a process group is up."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -25,7 +26,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     torch.distributed.nn's all_gather is the public collective with a backward pass that works on gloo
     as well as NCCL (its deprecation points at a private replacement), so its FutureWarning is silenced.
     """
-    _, size = world()
+    _, size = rank_and_size()
     if size == 1:
         return x
     with warnings.catch_warnings():
@@ -36,7 +37,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """Average of `x` over ranks (no gradient): DINO's centre must be the same on every rank."""
-    _, size = world()
+    _, size = rank_and_size()
     if size == 1:
         return x
     x = x.clone()

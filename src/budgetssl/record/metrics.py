@@ -1,7 +1,8 @@
 """metrics.jsonl: one JSON object per logged step, readable without any logger installed.
 
-Only rank 0 writes (under torchrun every rank holds a MetricsLog). A resumed run first drops the rows
-its interrupted attempt logged after its last checkpoint, so each step appears once.
+Only rank 0 writes: under torchrun every rank holds a MetricsLog, and the stage that makes it says
+whether this process is the one (`enabled`). A resumed run first drops the rows its interrupted attempt
+logged after its last checkpoint, so each step appears once.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from budgetssl.engine.distributed import is_main_process
 from budgetssl.record.files import atomic_write
 from budgetssl.record.wandb_log import log_row
 
 
 class MetricsLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
-        self.enabled = is_main_process()
+        self.enabled = enabled
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 

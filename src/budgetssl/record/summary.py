@@ -14,6 +14,7 @@ import torch
 
 import budgetssl
 from budgetssl.record.files import write_json
+from budgetssl.record.sections import Record
 
 SUMMARY = "summary.json"
 SECRET = re.compile(r"(^|_)(api_?key|access_?key|secret(_?key)?|token|password|passwd|credentials?)$", re.I)
@@ -56,11 +57,16 @@ def redact(value: Any) -> Any:
     return value
 
 
-def write_summary(folder: Path, record: dict[str, Any]) -> Path:
+def write_summary(folder: Path, record: Record) -> Path:
     """Write the record atomically; a completed record is only ever replaced by another completed one
     (never by a later failure or interruption in the same folder)."""
     path = folder / SUMMARY
-    if record.get("status") != "completed" and completed_record(folder) is not None:
+    if record.outcome.status != "completed" and completed_record(folder) is not None:
         return path
-    write_json(path, redact(record))
+    write_json(path, redact(record.to_json()))
     return path
+
+
+def read_record(folder: Path) -> Record:
+    """The record of a run folder (this version's or an older one's summary.json), typed."""
+    return Record.from_json(json.loads((folder / SUMMARY).read_text()))

@@ -12,14 +12,9 @@ from typing import Any
 
 from budgetssl.config.schema import WandbConfig
 from budgetssl.errors import ConfigError
+from budgetssl.record.sections import Record
 
 _active: list[Any] = []  # the open wandb run of this process, if any
-
-# Record fields worth seeing in wandb's run table.
-SUMMARY_FIELDS = (
-    "status", "steps", "train_flops", "transfer_flops", "total_flops", "flops_per_step", "miou",
-    "pixel_accuracy", "final_loss", "energy_kwh", "co2_kg", "co2_kg_estimated",
-)  # fmt: skip
 
 
 def log_row(row: dict[str, Any]) -> None:
@@ -66,6 +61,27 @@ def wandb_run(cfg: WandbConfig, folder: Path, name: str, config: dict[str, Any])
         run.finish()
 
 
-def summarize(run: Any, record: dict[str, Any]) -> None:
+def headline(record: Record) -> dict[str, Any]:
+    """The record's fields worth seeing in wandb's run table, read from its sections."""
+    p, t, e = record.pretraining, record.transfer, record.energy
+    fields = {
+        "status": record.outcome.status,
+        "steps": p and p.steps,
+        "train_flops": p and p.train_flops,
+        "flops_per_step": p and p.flops_per_step,
+        "final_loss": p and p.final_loss,
+        "transfer_flops": t and t.transfer_flops,
+        "total_flops": record.total_flops,
+        "miou": t and t.miou,
+        "pixel_accuracy": t and t.pixel_accuracy,
+        "probe_miou": record.probe and record.probe.probe_miou,
+        "energy_kwh": e and e.energy_kwh,
+        "co2_kg": e and e.co2_kg,
+        "co2_kg_estimated": e and e.co2_kg_estimated,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def summarize(run: Any, record: Record) -> None:
     if run is not None:
-        run.summary.update({k: record[k] for k in SUMMARY_FIELDS if record.get(k) is not None})
+        run.summary.update(headline(record))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +15,24 @@ from budgetssl.data.loader import Batches, endless_batches
 from budgetssl.engine import distributed
 from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
 from budgetssl.engine.checkpoint import Checkpoints
-from budgetssl.engine.loop import LoopResult, LoopSettings, train
+from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.recipe import resolve_recipe
-from budgetssl.engine.rng import rank_seed
-from budgetssl.engine.seed import seed_everything
+from budgetssl.engine.rng import rank_seed, seed_everything
+from budgetssl.engine.settings import LoopSettings
 from budgetssl.errors import BudgetSSLError
-from budgetssl.meter.budget import plan_for_budget
+from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, count_forward_flops
 from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
 from budgetssl.methods.base import Method, build_method
+from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
+from budgetssl.record.sections import Energy, Identity, Pretraining, Provenance, Record, split
 from budgetssl.record.weights import WEIGHTS, save_backbone
 
 
 def loop_settings(run: RunConfig) -> LoopSettings:
+    """The method's recipe and how the loop runs, both from `train:`."""
     return LoopSettings.from_train(run.train)
 
 
@@ -73,20 +76,9 @@ def flops_per_image(backbone: Backbone, image_size: int) -> int:
         backbone.train(was_training)
 
 
-def identity(run: RunConfig) -> dict[str, Any]:
-    return {
-        "method": run.method.name,
-        "dataset": run.dataset.name,
-        "backbone": run.backbone.name,
-        "seed": run.seed,
-        "budget_flops": run.budget.flops,
-        "batch_size": run.train.batch_size,
-        "image_size": run.dataset.image_size,
-    }
-
-
-def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
-    """Train until the budget is spent; save the backbone; return it and the record's fields."""
+def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
+    """Train until the budget is spent; save the backbone; return it and its record (identity,
+    pretraining, energy, provenance)."""
     world = distributed.current()
     method, batches = build(run)
     checkpoints = Checkpoints(
@@ -99,8 +91,8 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
             method,
             batches,
             loop_settings(run),
-            lambda fps: plan_for_budget(run.budget.flops, fps),
-            MetricsLog(folder / "metrics.jsonl"),
+            FlopBudget(run.budget.flops),
+            MetricsLog(folder / "metrics.jsonl", enabled=world.is_main),
             label="pretrain",
             checkpoints=checkpoints,
             distributed=True,
@@ -109,47 +101,68 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, dict[str, Any]]:
     # does) and without stochastic depth, as a backbone rebuilt from its weights file would.
     backbone = without_drop_path(method.backbone).requires_grad_(True)
     scores = validation_scores(run, method) if world.is_main else {}
-    provenance = {
-        **identity(run),
-        "steps": result.steps,
-        "train_flops": result.flops,
-        "convention": CONVENTION,
-    }
-    weights = save_backbone(backbone, folder, provenance) if world.is_main else WEIGHTS
+    pretraining, extra = split(
+        Pretraining,
+        {
+            "convention": CONVENTION,
+            "convention_detail": CONVENTION_DETAIL,
+            "flops_per_step": result.plan.flops_per_step,
+            "flops_per_image": flops_per_image(backbone, run.dataset.image_size),
+            "flops_breakdown": result.breakdown,
+            "planned_steps": result.plan.steps,
+            "steps": result.steps,
+            "train_flops": result.flops,
+            "budget_unspent_flops": run.budget.flops - result.flops,
+            "recipe": recipe_record(run, result),
+            **method.summary_fields(),
+            **scores,  # a user method's own fields beyond the known ones stay in the record's extras
+            "first_loss": result.first_loss,
+            "final_loss": result.final_loss,
+            "final_lr": result.final_lr,
+            "data_skipped": world.sum_ints([batches.skipped])[0],
+            "pretrain_wall_seconds": result.wall_seconds,
+            "world_size": result.world_size,
+            "nodes": world.nodes,
+            "resumed_from_step": result.resumed_from_step,
+        },
+    )
+    identity = identity_of(run)
+    # The weights file carries what it cost, so that a bare file transfers with its pretraining's record.
+    weights = (
+        save_backbone(backbone, folder, weights_provenance(identity, pretraining))
+        if world.is_main
+        else WEIGHTS
+    )
     reading, nodes_tracked = over_nodes(energy.reading, world)
-    skipped = world.sum_ints([batches.skipped])[0]
-    return backbone, {
-        **identity(run),
-        "convention": CONVENTION,
-        "convention_detail": CONVENTION_DETAIL,
-        "flops_per_step": result.plan.flops_per_step,
-        "flops_per_image": flops_per_image(backbone, run.dataset.image_size),
-        "flops_breakdown": result.breakdown,
-        "planned_steps": result.plan.steps,
-        "steps": result.steps,
-        "train_flops": result.flops,
-        "budget_unspent_flops": run.budget.flops - result.flops,
-        "recipe": recipe_record(run, result),
-        **method.summary_fields(),
-        **scores,
-        "first_loss": result.first_loss,
-        "final_loss": result.final_loss,
-        "final_lr": result.final_lr,
-        "data_skipped": skipped,  # unreadable images skipped (streams; dataset.skip_corrupt=true)
-        "pretrain_wall_seconds": result.wall_seconds,
-        "energy_kwh": reading.energy_kwh,
-        "co2_kg": reading.co2_kg,
-        "energy_method": reading.method,
-        "energy_detail": reading.detail,
-        "energy_nodes_tracked": nodes_tracked,
-        **estimate_co2(result.flops, run.energy.hardware),
-        "params": sum(p.numel() for p in backbone.parameters()),
-        "backbone_family": backbone.family,
-        "backbone_timm": backbone.timm_spec(),
-        "backbone_weights": weights,
-        "world_size": result.world_size,
-        "nodes": world.nodes,
-        "resumed_from_step": result.resumed_from_step,
+    estimate = estimate_co2(result.flops, run.energy.hardware)
+    return backbone, Record(
+        identity=identity,
+        pretraining=pretraining,
+        energy=Energy(
+            energy_kwh=reading.energy_kwh,
+            co2_kg=reading.co2_kg,
+            energy_method=reading.method,
+            energy_detail=reading.detail,
+            energy_nodes_tracked=nodes_tracked,
+            **estimate,
+        ),
+        provenance=Provenance(
+            params=sum(p.numel() for p in backbone.parameters()),
+            backbone_family=backbone.family,
+            backbone_timm=backbone.timm_spec(),
+            backbone_weights=weights,
+        ),
+        extra=extra,
+    )
+
+
+def weights_provenance(identity: Identity, pretraining: Pretraining) -> dict[str, Any]:
+    """The record fields a weights file carries in its metadata (read back by budgetssl-transfer)."""
+    return {
+        **asdict(identity),
+        "steps": pretraining.steps,
+        "train_flops": pretraining.train_flops,
+        "convention": pretraining.convention,
     }
 
 

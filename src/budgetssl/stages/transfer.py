@@ -1,21 +1,28 @@
-"""The transfer stage as a command sees it: pick the backbone, fine-tune and score, meter energy; with
-transfer.probe=true also probe the same starting weights frozen."""
+"""The transfer stage: pick the backbone (this run's, another run's, a weights file's, or a random
+init), fine-tune and score it with energy metered; with transfer.probe=true also probe the same starting
+weights frozen. Returns the record's transfer (and probe) sections."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
-from typing import Any
 
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.config.check import RunConfig
-from budgetssl.engine.seed import seed_everything
+from budgetssl.engine.rng import seed_everything
 from budgetssl.meter.energy import EnergyTracker
-from budgetssl.record.weights import load_backbone, weights_file
+from budgetssl.record.identity import identity_of
+from budgetssl.record.sections import Pretraining, Probe, Provenance, Record, Transfer
+from budgetssl.record.summary import SUMMARY
+from budgetssl.record.weights import load_backbone, provenance, weights_file
 from budgetssl.transfer.finetune import finetune, probe
 
+RANDOM_INIT = "random_init"
+EXTERNAL = "external"
 
-def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> dict[str, Any]:
+
+def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> tuple[Transfer, Probe | None]:
     """Fine-tune on `backbone`, else on the run named by transfer.from_run, else on a random init."""
     t = run.transfer
     if backbone is not None:
@@ -31,14 +38,42 @@ def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> 
     # Fine-tuning changes the backbone in place: the probe starts from a copy taken before it.
     start = copy.deepcopy(backbone) if t.probe else None
     with EnergyTracker(run.energy) as energy:
-        record = finetune(t, backbone, run.train, run.seed, folder)
-    record |= {
-        "transfer_init": init,
-        "transfer_energy_kwh": energy.reading.energy_kwh,
-        "transfer_co2_kg": energy.reading.co2_kg,
-    }
-    if start is not None:
-        with EnergyTracker(run.energy) as energy:  # metered apart: not part of the transfer's cost
-            record |= probe(t, start, run.train, run.seed, folder)
-        record |= {"probe_energy_kwh": energy.reading.energy_kwh, "probe_co2_kg": energy.reading.co2_kg}
-    return record
+        section = finetune(t, backbone, run.train, run.seed, folder)
+    section.transfer_init = init
+    section.transfer_energy_kwh = energy.reading.energy_kwh
+    section.transfer_co2_kg = energy.reading.co2_kg
+    if start is None:
+        return section, None
+    with EnergyTracker(run.energy) as energy:  # metered apart: not part of the transfer's cost
+        probed = probe(t, start, run.train, run.seed, folder)
+    probed.probe_energy_kwh = energy.reading.energy_kwh
+    probed.probe_co2_kg = energy.reading.co2_kg
+    return section, probed
+
+
+def source_record(run: RunConfig) -> Record:
+    """What is being transferred, so a budgetssl-transfer record stands alone in a report: the source
+    run's identity, pretraining, energy and provenance sections (not its outcome, nor any transfer it
+    had); for a random init or weights from elsewhere, what is known (a cost of 0 or unknown)."""
+    identity = identity_of(run)
+    if not run.transfer.from_run:
+        identity.method, identity.dataset, identity.budget_flops = RANDOM_INIT, None, 0.0
+        return Record(identity=identity, pretraining=Pretraining(steps=0, train_flops=0))
+    source = Path(run.transfer.from_run).expanduser()
+    summary = source / SUMMARY
+    if source.is_dir() and summary.is_file():
+        found = Record.from_json(json.loads(summary.read_text()))
+    elif carried := provenance(weights_file(source)):  # a bare file that budgetssl wrote carries its cost
+        found = Record.from_json(carried)
+    else:
+        identity.method, identity.dataset, identity.budget_flops = EXTERNAL, None, None
+        found = Record(identity=identity, pretraining=Pretraining())
+    carried_provenance = found.provenance or Provenance()
+    carried_provenance.pretrain_run = str(source.resolve())
+    return Record(
+        identity=found.identity,
+        pretraining=found.pretraining or Pretraining(),
+        energy=found.energy,
+        provenance=carried_provenance,
+        extra=found.extra,
+    )

@@ -1,7 +1,8 @@
 """Scoring a fine-tuned segmenter: at the training resolution, or by sliding windows at full resolution.
 
 Sliding-window inference follows the common (mmsegmentation "slide") protocol: windows of the training
-size at a fixed stride, images smaller than a window padded, overlapping logits averaged.
+size at a fixed stride, images smaller than a window padded, overlapping logits averaged. The modes are the
+schema's `EvalMode`, refused there when misspelt.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from torch.utils.data import DataLoader
 
 from budgetssl.transfer.heads import Segmenter
 from budgetssl.transfer.metrics import SegmentationScore
-
-EVAL_MODES = ("resize", "slide")
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

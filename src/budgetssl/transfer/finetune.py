@@ -12,12 +12,16 @@ from torch.utils.data import DataLoader
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import TrainConfig, TransferConfig
 from budgetssl.data.loader import Viewed, endless_batches
-from budgetssl.engine.loop import LoopResult, LoopSettings, train
-from budgetssl.engine.seed import seed_everything
+from budgetssl.engine.distributed import is_main_process
+from budgetssl.engine.loop import LoopResult, train
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.rng import seed_everything
+from budgetssl.engine.settings import LoopSettings
 from budgetssl.errors import ConfigError
-from budgetssl.meter.budget import plan_for_budget, plan_for_steps
+from budgetssl.meter.budget import Budget, FlopBudget, StepBudget
 from budgetssl.record.files import write_json
 from budgetssl.record.metrics import MetricsLog
+from budgetssl.record.sections import Probe, Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
@@ -50,23 +54,31 @@ def score(cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset) -
     )
 
 
-def transfer_settings(cfg: TransferConfig, train_cfg: TrainConfig) -> LoopSettings:
+def transfer_recipe(cfg: TransferConfig) -> Recipe:
     """One optimizer for every transfer, whatever recipe pretrained the backbone, so that methods are
     compared on one protocol: AdamW at betas (0.9, 0.999), constant weight decay, no gradient clipping, as
     the BEiT ADE20K fine-tuning (mmsegmentation configs/beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py).
-    Only the loop's own settings (precision, device, logging) come from `train`."""
-    return LoopSettings(
+    The Segmenter groups its own parameters (which skip weight decay, the backbone's lr scale)."""
+    return Recipe(
         lr=cfg.lr,
         final_lr_ratio=cfg.final_lr_ratio,
         warmup_fraction=cfg.warmup_fraction,
         weight_decay=cfg.weight_decay,
         optimizer="adamw",
         grad_clip=None,
-        precision=train_cfg.precision,
-        device=train_cfg.device,
-        log_every=train_cfg.log_every,
-        progress=train_cfg.progress,
     )
+
+
+def transfer_settings(cfg: TransferConfig, train_cfg: TrainConfig) -> LoopSettings:
+    """The transfer's own recipe; only how the loop runs (precision, device, logging) comes from `train`."""
+    return LoopSettings.from_train(train_cfg, transfer_recipe(cfg))
+
+
+def transfer_budget(cfg: TransferConfig) -> Budget:
+    """`transfer.steps` steps when set, else until `transfer.flops` are spent."""
+    if cfg.steps:
+        return StepBudget(cfg.steps)
+    return FlopBudget(cfg.flops, "transfer.flops", "transfer.batch_size")
 
 
 @dataclass
@@ -117,12 +129,8 @@ def fit(
         model,
         batches,
         settings,
-        lambda fps: (
-            plan_for_steps(cfg.steps, fps)
-            if cfg.steps
-            else plan_for_budget(cfg.flops, fps, "transfer.flops", "transfer.batch_size")
-        ),
-        MetricsLog(folder / "metrics.jsonl"),
+        transfer_budget(cfg),
+        MetricsLog(folder / "metrics.jsonl", enabled=is_main_process()),  # each rank fine-tunes alone
         label=label,
     )
     scores = score(cfg, model, val_set)
@@ -157,26 +165,27 @@ def fitted_fields(prefix: str, fitted: Fitted) -> dict[str, Any]:
 
 def finetune(
     cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
-) -> dict[str, Any]:
-    """The transfer as configured: its record fields (mIoU, cost, protocol)."""
+) -> Transfer:
+    """The transfer as configured: its record section (mIoU, cost, protocol)."""
     fitted = fit(cfg, backbone, train_cfg, seed, folder, "transfer", SCORES)
     result, scores = fitted.result, fitted.scores
-    return fitted_fields("transfer", fitted) | {
-        "miou": scores["miou"],
-        "miou_objects": scores["miou_objects"],
-        "pixel_accuracy": scores["pixel_accuracy"],
-        "transfer_scores": SCORES,
-        "transfer": cfg.name,
-        "transfer_head": cfg.head,
-        "transfer_freeze_backbone": cfg.freeze_backbone,
-        "transfer_backbone_lr_scale": cfg.backbone_lr_scale,
-        "transfer_layer_decay": cfg.layer_decay,
-        "transfer_budget_flops": cfg.flops,
-        "transfer_eval_mode": cfg.eval_mode,
-        "transfer_eval_stride": eval_stride(cfg) if cfg.eval_mode == "slide" else None,
-        "transfer_flops_breakdown": result.breakdown,
-        "transfer_data_skipped": fitted.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
-    }
+    return Transfer(
+        **fitted_fields("transfer", fitted),
+        miou=scores["miou"],
+        miou_objects=scores["miou_objects"],
+        pixel_accuracy=scores["pixel_accuracy"],
+        transfer_scores=SCORES,
+        transfer=cfg.name,
+        transfer_head=cfg.head,
+        transfer_freeze_backbone=cfg.freeze_backbone,
+        transfer_backbone_lr_scale=cfg.backbone_lr_scale,
+        transfer_layer_decay=cfg.layer_decay,
+        transfer_budget_flops=cfg.flops,
+        transfer_eval_mode=cfg.eval_mode,
+        transfer_eval_stride=eval_stride(cfg) if cfg.eval_mode == "slide" else None,
+        transfer_flops_breakdown=result.breakdown,
+        transfer_data_skipped=fitted.skipped,  # unreadable pairs skipped (transfer.skip_corrupt=true)
+    )
 
 
 def probe_config(cfg: TransferConfig) -> TransferConfig:
@@ -185,16 +194,15 @@ def probe_config(cfg: TransferConfig) -> TransferConfig:
     return replace(cfg, head="linear", freeze_backbone=True, layer_decay=None)
 
 
-def probe(
-    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
-) -> dict[str, Any]:
-    """Score `backbone` frozen with a linear head (transfer.probe=true): its record fields. Its cost is
+def probe(cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path) -> Probe:
+    """Score `backbone` frozen with a linear head (transfer.probe=true): its record section. Its cost is
     metered (probe_flops) but not part of total_flops, which counts what the fine-tuned score cost."""
     fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES)
     scores = fitted.scores
-    return fitted_fields("probe", fitted) | {
-        "probe_miou": scores["miou"],
-        "probe_miou_objects": scores["miou_objects"],
-        "probe_pixel_accuracy": scores["pixel_accuracy"],
-        "probe_scores": PROBE_SCORES,
-    }
+    return Probe(
+        **fitted_fields("probe", fitted),
+        probe_miou=scores["miou"],
+        probe_miou_objects=scores["miou_objects"],
+        probe_pixel_accuracy=scores["pixel_accuracy"],
+        probe_scores=PROBE_SCORES,
+    )

@@ -8,7 +8,7 @@ from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from budgetssl.backbones.backbone import Backbone
-from budgetssl.engine.task import StepOutput
+from budgetssl.engine.task import StepOutput, Task
 from budgetssl.errors import ConfigError
 
 # timm's norms in ViTs use eps 1e-6, as does MAE's linear-probe BatchNorm; small enough that a read-out
@@ -115,7 +115,14 @@ def level_channels(backbone: Backbone, image_size: int) -> list[int]:
 HEADS = {"linear": LinearHead, "multilevel": MultiLevelHead}
 
 
-class Segmenter(nn.Module):
+def head_class(name: str) -> type[LinearHead | MultiLevelHead]:
+    """The head called `name` (transfer.head): the one lookup, so the config check and the model agree."""
+    if name not in HEADS:
+        raise ConfigError(f"transfer.head must be one of {', '.join(HEADS)}; got '{name}'")
+    return HEADS[name]
+
+
+class Segmenter(Task):
     """Backbone read-out -> ReadoutNorm -> head -> logits upsampled to the input; a task for the engine.
 
     A frozen backbone (no parameter requires a gradient) stays in eval mode while the head trains, so a
@@ -135,11 +142,10 @@ class Segmenter(nn.Module):
         readout_norm: bool = True,
     ) -> None:
         super().__init__()
-        if head not in HEADS:
-            raise ConfigError(f"unknown transfer.head '{head}'; valid choices: {', '.join(HEADS)}")
+        head_cls = head_class(head)
         self.backbone = backbone
-        self.head = HEADS[head].for_backbone(backbone, num_classes, image_size)
-        self.readout = HEADS[head].readout
+        self.head = head_cls.for_backbone(backbone, num_classes, image_size)
+        self.readout = head_cls.readout
         # readout_norm=False only to show what the normalisation buys (tests); every transfer uses it.
         self.readout_norm = ReadoutNorm(self.readout) if readout_norm else nn.Identity()
         self.ignore_index = ignore_index

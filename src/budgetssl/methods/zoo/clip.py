@@ -29,7 +29,7 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import check_interpolation, random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.captions import CAPTION_SOURCES, CaptionView
-from budgetssl.methods.distributed import gather, world
+from budgetssl.methods.distributed import gather, rank_and_size
 from budgetssl.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     """Symmetric InfoNCE: this rank's images against every rank's texts, and its texts against every
     rank's images; the positive of item i is its own pair."""
     image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    rank, _ = world()
+    rank, _ = rank_and_size()
     scale = logit_scale.exp()
     targets = rank * image.shape[0] + torch.arange(image.shape[0], device=image.device)
     image_logits = scale * image @ gather(text).T

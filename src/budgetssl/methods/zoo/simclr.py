@@ -22,7 +22,7 @@ from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
-from budgetssl.methods.distributed import gather, world
+from budgetssl.methods.distributed import gather, rank_and_size
 from budgetssl.methods.heads import mlp
 from budgetssl.methods.registry import METHODS
 
@@ -48,7 +48,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """NT-Xent over both views: each view's positive is its twin, negatives every other view of the
     batch gathered across ranks. Anchors are this rank's views; the loss is their mean."""
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
-    rank, _ = world()
+    rank, _ = rank_and_size()
     n = z1.shape[0]
     candidates = torch.cat([gather(z1), gather(z2)])  # (2nW, d): all first views, then all second
     total = candidates.shape[0] // 2

@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.layout import require_dir, require_root
+from budgetssl.data.layout import require_dir, require_files, require_root
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import TransferInfo
 from budgetssl.transfer.pairs import ImageMaskPairs
@@ -77,12 +77,7 @@ class ADE20K(ImageMaskPairs):
                 f"the {split} split is empty: {images} holds no .jpg images (transfer.root={root})"
             )
         self.masks = [masks / f"{p.stem}.png" for p in self.images]
-        missing = [m for m in self.masks if not m.is_file()]
-        if missing:
-            raise ConfigError(
-                f"{len(missing)} {split} images have no mask in {masks}, e.g. {missing[0].name} for "
-                f"{missing[0].stem}.jpg (transfer.root={root})"
-            )
+        require_files(self.masks, "mask", f"{split} images in {images}", "transfer.root", root, LAYOUT)
         self.skip = cfg.skip_corrupt
         # No background class: the 150 are objects and stuff, and "other" is ignored, so miou_objects = miou.
         self.info = TransferInfo(

@@ -38,19 +38,32 @@ class SyntheticSegConfig(TransferConfig):
 class SyntheticSegmentation(SegmentationDataset):
     config_class = SyntheticSegConfig
 
-    def __init__(self, cfg: SyntheticSegConfig, split: str) -> None:
+    @classmethod
+    def check(cls, cfg: SyntheticSegConfig) -> None:  # type: ignore[override]
+        super().check(cfg)
+        cls.check_own(cfg)
+
+    @staticmethod
+    def check_own(cfg: SyntheticSegConfig) -> None:
+        """This dataset's fields; also when it is built outside a checked run (tests, notebooks)."""
         if cfg.root is not None:
             raise ConfigError("transfer 'synthetic' is generated in memory: remove transfer.root")
+        if cfg.val_image_size is not None and cfg.val_image_size < 8:
+            raise ConfigError(f"transfer.val_image_size must be >= 8 or null, got {cfg.val_image_size}")
+        for split, size in (("train", cfg.num_train), ("val", cfg.num_val)):
+            if size < 1:
+                raise ConfigError(
+                    f"transfer 'synthetic' split '{split}' is empty: set transfer.num_{split} >= 1"
+                )
+
+    def __init__(self, cfg: SyntheticSegConfig, split: str) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"unknown split {split!r}; valid: train, val")
+        self.check_own(cfg)
         self.cfg = cfg
         self.split = f"transfer_{split}"
         self.length = cfg.num_train if split == "train" else cfg.num_val
         self.size = cfg.image_size if split == "train" else cfg.val_image_size or cfg.image_size
-        if self.size < 8:
-            raise ConfigError(f"transfer.val_image_size must be >= 8, got {self.size}")
-        if self.length < 1:
-            raise ConfigError(f"transfer 'synthetic' split '{split}' is empty: set transfer.num_{split} >= 1")
         self.info = TransferInfo(
             image_size=cfg.image_size,
             class_names=("background", *SHAPES),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.layout import require_dir, require_file, require_root
+from budgetssl.data.layout import require_dir, require_file, require_files, require_root
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import TransferInfo
 from budgetssl.transfer.pairs import ImageMaskPairs
@@ -64,12 +64,7 @@ class VOC(ImageMaskPairs):
         self.images = [images / f"{i}.jpg" for i in ids]
         self.masks = [masks / f"{i}.png" for i in ids]
         for kind, paths in (("image", self.images), ("mask", self.masks)):
-            missing = [p for p in paths if not p.is_file()]
-            if missing:
-                raise ConfigError(
-                    f"{len(missing)} of the {len(ids)} ids in {listed} have no {kind}, e.g. {missing[0]} "
-                    f"(transfer.root={root})"
-                )
+            require_files(paths, kind, f"ids in {listed}", "transfer.root", root, LAYOUT)
         self.skip = cfg.skip_corrupt
         self.info = TransferInfo(
             image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE, background_index=0

@@ -1,0 +1,43 @@
+"""The one list of config keys that cannot change a result: how a run is watched, not what it computes.
+
+Two places read it. A run folder's name hashes the resolved config without these keys
+(config/run_name.py), so re-launching a sweep with another progress setting finds its own runs; and a
+checkpoint resumes under a config that differs from the saved one only in these keys
+(engine/checkpoint.py), which extends the list, next to its use, with what a pretraining checkpoint does
+not depend on. A key names a whole section (`logger`) or one dotted option (`train.log_every`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+VOLATILE: tuple[str, ...] = (
+    "rerun",  # run a completed configuration again instead of skipping it
+    "logger",  # where metrics are mirrored (wandb)
+    "train.progress",
+    "train.log_every",
+    "train.num_workers",
+    "train.checkpoint_every_steps",
+    "energy.track",  # metering energy with codecarbon, beside the run
+    "energy.measure_power_secs",
+)
+
+
+def covered(key: str, keys: Iterable[str] = VOLATILE) -> bool:
+    """Whether the dotted `key` is one of `keys` or lies under one of them."""
+    return any(key == k or key.startswith(f"{k}.") for k in keys)
+
+
+def without(tree: dict[str, Any], keys: Iterable[str] = VOLATILE) -> dict[str, Any]:
+    """A copy of the nested config `tree` with `keys` left out (the input is not changed)."""
+    out = dict(tree)
+    for key in keys:
+        head, _, rest = key.partition(".")
+        if head not in out:
+            continue
+        if not rest:
+            del out[head]
+        elif isinstance(out[head], dict):
+            out[head] = without(out[head], [rest])
+    return out

@@ -1,0 +1,97 @@
+"""The meter's side of the loop: the first step measured and the budget planned from it; later steps
+priced before they are spent, a new input shape measured on a throwaway copy first.
+
+Distributed, every rank measures its share and the shares are summed, so the plan and the FLOPs are
+those of the global batch; each function here is a collective that every rank calls together.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from budgetssl.engine.distributed import World
+from budgetssl.engine.task import Task
+from budgetssl.engine.trainer import Trainer
+from budgetssl.meter.budget import Budget, Plan
+from budgetssl.meter.counter import PassCounter
+from budgetssl.meter.step_meter import StepCost, StepMeter
+
+
+@dataclass
+class FirstStep:
+    """The measured first update: its loss and logs, its cost and the plan made from that cost."""
+
+    loss: torch.Tensor
+    logs: dict[str, float]
+    cost: StepCost
+    plan: Plan
+
+
+class EarlyPlan:
+    """The plan from the first step's cost before the task's after-step work (EMA updates), told to the
+    task so that step's update already follows it. That work is element-wise and counts 0 FLOPs in
+    practice; where it does not, `first_step` re-makes the plan from the whole step and tells it again."""
+
+    def __init__(self, counter: PassCounter, world: World, budget: Budget, task: Task) -> None:
+        self.counter, self.world, self.budget, self.task = counter, world, budget, task
+        self.steps = 0
+
+    def __call__(self) -> dict[str, float]:
+        passes = summed(self.counter.passes, self.world)
+        self.steps = self.budget.plan(sum(p["total"] for p in passes.values())).steps
+        return self.task.on_plan(self.steps)
+
+
+def first_step(
+    trainer: Trainer, meter: StepMeter, budget: Budget, batch: dict[str, Any], fraction: float
+) -> FirstStep:
+    """Run the first update under the counter, remember its cost and plan the budget from it."""
+    counter = PassCounter()
+    early = EarlyPlan(counter, trainer.world, budget, trainer.task)
+    loss, logs = trainer.step(batch, counter, fraction, before_step_end=early)
+    counter.passes = summed(counter.passes, trainer.world)
+    cost = meter.record(batch, counter)
+    plan = budget.plan(cost.total)
+    if plan.steps != early.steps:
+        trainer.task.on_plan(plan.steps)
+    return FirstStep(loss, logs, cost, plan)
+
+
+def price(trainer: Trainer, meter: StepMeter, batch: dict[str, Any], first: StepCost) -> StepCost:
+    """The cost of a step on `batch`: known from its shape, or (on every rank, so the sum is global)
+    measured now on a copy of the task."""
+    cost = meter.known(batch)
+    if trainer.world.any(cost is None):
+        cost = meter.record(batch, probe(trainer, batch, first))
+    assert cost is not None
+    return cost
+
+
+def probe(trainer: Trainer, batch: dict[str, Any], first: StepCost) -> PassCounter:
+    """Forward and backward on a throwaway copy of the task, summed over ranks; the optimizer and
+    after-step passes (already summed over ranks) as the first step measured them."""
+    twin = copy.deepcopy(trainer.task)
+    counter = PassCounter()
+    with counter.count("forward", twin), trainer.precision.autocast():
+        out = twin(batch)
+    with counter.count("backward"):
+        out.loss.backward()
+    counter.passes = summed(counter.passes, trainer.world)
+    for name in ("optimizer", "after_step"):
+        if name in first.breakdown:
+            counter.passes[name] = dict(first.breakdown[name])
+    return counter
+
+
+def summed(passes: dict[str, dict[str, int]], world: World) -> dict[str, dict[str, int]]:
+    """Each entry of a step's FLOP breakdown summed over ranks: the cost of the global step."""
+    keys = [(p, k) for p in sorted(passes) for k in sorted(passes[p])]
+    totals = world.sum_ints([passes[p][k] for p, k in keys])
+    out: dict[str, dict[str, int]] = {p: {} for p in passes}
+    for (p, k), v in zip(keys, totals, strict=True):
+        out[p][k] = v
+    return out

@@ -1,0 +1,136 @@
+"""One optimizer step of a task: schedules, mixed precision, the task's hooks, clipping, and DDP.
+
+Trainable parameters are the ones with requires_grad; a task may group them itself (`param_groups`),
+otherwise the recipe's rule says which skip weight decay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from budgetssl.engine.distributed import World, all_reduce_gradients, wrap
+from budgetssl.engine.precision import Precision, resolve_device
+from budgetssl.engine.recipe import clip_per_parameter, count_params, decays, param_groups
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.task import Task
+from budgetssl.errors import BudgetSSLError
+from budgetssl.meter.counter import PassCounter
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+class Trainer:
+    """The task on its device with its optimizer and gradient scaler; `step` runs one update."""
+
+    def __init__(self, task: Task, settings: LoopSettings, world: World | None = None) -> None:
+        self.settings = settings
+        self.recipe = recipe = settings.recipe
+        self.world = world or World()
+        self.device = self.world.device if self.world.distributed else resolve_device(settings.device)
+        self.task = task.to(self.device)
+        self.precision = Precision(settings.precision, self.device)
+        groups = task.param_groups(recipe.weight_decay)
+        if groups is None:
+            groups = param_groups(task, recipe.weight_decay, recipe.no_weight_decay)
+        self.param_counts = count_params(groups)
+        self.optimizer = create_optimizer_v2(
+            groups,
+            opt=recipe.optimizer,
+            lr=recipe.lr,
+            weight_decay=recipe.weight_decay,
+            **recipe.optimizer_kwargs(),
+        )
+        self.params = [p for p in task.parameters() if p.requires_grad]
+        if not self.params:
+            raise BudgetSSLError("nothing to train: every parameter of the task is frozen")
+        self.ddp: nn.Module | None = None
+        self.find_unused = False  # set by the metered first step (or a checkpoint)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the task's own state_dict."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "find_unused": self.find_unused,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # empty when the scaler is off (anything but fp16)
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.find_unused = bool(state.get("find_unused", False))
+
+    def model(self, metered: bool) -> nn.Module:
+        """What runs the forward: the task itself, or (distributed, after the metered step) its DDP
+        wrapper. The metered step runs the task itself so that the FLOP breakdown names its parts as
+        on one process; its gradients are averaged by hand."""
+        if not self.world.distributed or metered:
+            return self.task
+        if self.ddp is None:
+            self.ddp = wrap(self.task, self.world, self.find_unused)
+        return self.ddp
+
+    def schedule(self, fraction: float) -> float:
+        """Set this step's lr (times each group's lr_scale) and weight decay (decayed groups only)."""
+        lr, wd = self.recipe.lr_at(fraction), self.recipe.weight_decay_at(fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+            if decays(group):
+                group["weight_decay"] = wd
+        return lr
+
+    def step(
+        self,
+        batch: dict[str, Any],
+        counter: PassCounter | None,
+        fraction: float,
+        before_step_end: Callable[[], dict[str, float]] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One update, counted by pass into `counter` when given (the metered step). `before_step_end`
+        runs after the optimizer step and before the task's on_step_end (the metered first step plans
+        the budget there, so EMA teachers know it)."""
+        metered = counter is not None
+        count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
+        scaler = self.precision.scaler
+        model = self.model(metered)
+        scheduled = self.task.on_step_start(fraction)
+        with count("forward", self.task), self.precision.autocast():
+            out = model(batch)
+        with count("backward"):
+            scaler.scale(out.loss).backward()
+        if metered and self.world.distributed:
+            self.find_unused = self.world.any(any(p.grad is None for p in self.params))
+            all_reduce_gradients(self.params, self.world)
+        self.task.on_after_backward(fraction)  # e.g. DINO's frozen last layer drops its gradients
+        with count("optimizer"):
+            self.clip()
+            scaler.step(self.optimizer)
+            scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if before_step_end is not None:
+            scheduled = {**scheduled, **before_step_end()}
+        logs = {**scheduled, **out.logs}
+        with count("after_step"):
+            logs.update(self.task.on_step_end(fraction))
+        return out.loss.detach(), logs
+
+    def clip(self) -> None:
+        """The recipe's gradient clipping (on unscaled gradients): one global norm, or each parameter's."""
+        max_norm = self.recipe.grad_clip
+        if max_norm is None:
+            return
+        self.precision.scaler.unscale_(self.optimizer)
+        if self.recipe.grad_clip_mode == "per_param":
+            clip_per_parameter(self.params, max_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.params, max_norm)
