@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import tempfile
 import time
 import warnings
@@ -29,20 +30,16 @@ from budgetssl.data.base import build_dataset
 from budgetssl.data.decode import EXTENSIONS
 from budgetssl.data.index_cache import list_files
 from budgetssl.data.loader import endless_batches
-from budgetssl.data.tiny_layouts import (
-    write_ade20k,
-    write_coco,
-    write_imagenet,
-    write_imagenet_flat,
-    write_shards,
-    write_voc,
-)
 from budgetssl.methods.augment import random_crop_flip
 from budgetssl.methods.captions import CaptionView
 from budgetssl.methods.zoo.supervised import LabelledView
 from budgetssl.plugins import check_config
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.views import train_view
+
+# The tiny dataset layouts are test fixtures (tests/layouts.py), not part of the package: a clone has them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from layouts import write_ade20k, write_coco, write_imagenet, write_imagenet_flat, write_shards, write_voc  # noqa: E402
 
 SIZES = (64, 128, 64, 128)  # random heights and widths in [64, 128]
 

@@ -1,4 +1,5 @@
-"""Shared helpers: composing real configs, running the real console scripts on tiny settings."""
+"""Shared helpers: composing real configs, running the commands on tiny settings (in this process, or
+through their installed console scripts), one thread where runs are compared."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from budgetssl.cli.common import Stage, execute
 from budgetssl.config.check import RunConfig
 from budgetssl.config.compose import compose_config
 from budgetssl.plugins import check_config
+from budgetssl.stages.commands import pretrain_only, pretrain_then_transfer, transfer_only
 
 BIN = Path(sys.executable).parent
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -54,6 +57,46 @@ def run_config(*overrides: str) -> RunConfig:
     return check_config(compose_config(list(overrides)))
 
 
+# What each console script runs once Hydra has composed its config (cli/pretrain.py, transfer.py, run.py).
+STAGES: dict[str, Stage] = {
+    "budgetssl-pretrain": pretrain_only,
+    "budgetssl-transfer": transfer_only,
+    "budgetssl-run": pretrain_then_transfer,
+}
+
+
+def run_in_process(command: str, *overrides: str, folder: Path, stage: Stage | None = None) -> int:
+    """Run `command` (budgetssl-pretrain, -transfer or -run) in this process, in `folder`, and return the
+    exit code its console script would exit with: what the script's Hydra main runs (cli/common.py), on
+    the same config composed from the same overrides, without the seconds a new process spends importing
+    torch, timm and Hydra. The record is the script's, key for key and loss for loss (on one thread:
+    `one_thread`). An exception the command does not turn into a record and an exit code is raised, as in
+    the script. `stage` replaces the command's stages (the same record and folder handling).
+
+    `folder` stands for hydra.run.dir. What is Hydra's own stays with the console script and the tests
+    that run it (`cli`): a bad override raises ConfigError here where the script prints Hydra's message;
+    no .hydra/ folder or <job>.log is written; a completed folder is not skipped. What the command prints
+    (`<command>: error: ...` on stderr) it prints here too, for capsys.
+    """
+    return execute(compose_config(list(overrides)), folder, stage or STAGES[command], command)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread here and in the commands started (OMP_NUM_THREADS), as the console scripts
+    run under `cli`: the same arithmetic in every run compared, and no slowdown from threads competing for
+    a busy machine's cores. A module asks for it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    torch.set_num_threads(threads)
+    if env is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
 def cli(command: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run an installed console script the way a user would."""
     # One thread: the tiny models here run faster on one than on two (10.6 s against 13.0 s for a run).
@@ -73,3 +116,10 @@ def summary(folder: Path) -> dict:
 @pytest.fixture
 def reference_flops() -> dict:
     return json.loads((DATA / "reference_flops.json").read_text())["models"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a test marked slow go first: xdist hands out whole modules in collection order
+    (pyproject.toml: --dist loadscope --no-loadscope-reorder), so the two workers finish together rather
+    than one waiting on a long run handed out last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

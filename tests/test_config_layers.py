@@ -14,11 +14,11 @@ import torch
 from budgetssl.config import schema
 from budgetssl.config.run_name import config_hash
 from budgetssl.config.volatile import VOLATILE, covered, without
-from budgetssl.data.tiny_layouts import write_ade20k, write_voc
 from budgetssl.engine.checkpoint import MAY_CHANGE, check_same_config
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import build_segmentation
 from conftest import run_config
+from layouts import write_ade20k, write_voc
 
 CONFIG = Path(schema.__file__).parent
 # The packages config/ may import: itself and the errors.

@@ -16,7 +16,10 @@ from torch.utils.data import DataLoader, get_worker_info
 from budgetssl.data.base import build_dataset
 from budgetssl.data.loader import endless_batches
 from budgetssl.data.shards import buffer_shuffle, epoch_order, expand_shards, share
-from budgetssl.data.tiny_layouts import (
+from budgetssl.errors import ConfigError, DataError
+from budgetssl.methods.zoo.supervised import LabelledView
+from conftest import run_config, run_in_process, small, summary
+from layouts import (
     NAMES,
     WNIDS,
     colour,
@@ -25,9 +28,8 @@ from budgetssl.data.tiny_layouts import (
     write_imagenet_flat,
     write_shards,
 )
-from budgetssl.errors import ConfigError, DataError
-from budgetssl.methods.zoo.supervised import LabelledView
-from conftest import cli, run_config, small, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dataset(*overrides: str, split: str = "train"):
@@ -345,7 +347,7 @@ def test_a_real_tar_shard_holds_the_webdataset_members(tmp_path):
 
 def test_coco_clip_pretraining_runs_on_the_tiny_copy(tmp_path):
     write_coco(tmp_path / "coco", images=12, size=(20, 28, 20, 28))
-    cli(
+    code = run_in_process(
         "budgetssl-pretrain",
         *coco(tmp_path),
         *small("clip"),
@@ -353,21 +355,19 @@ def test_coco_clip_pretraining_runs_on_the_tiny_copy(tmp_path):
         "train.batch_size=4",
         "train.progress=false",
         "energy.track=false",
+        "logger.wandb.mode=disabled",
         "budget.flops=8e8",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        folder=tmp_path / "run",
     )
+    assert code == 0
     record = summary(tmp_path / "run")
     assert record["status"] == "completed" and record["dataset"] == "coco" and record["steps"] >= 2
     assert record["data_skipped"] == 0
 
 
 def test_a_missing_root_fails_the_command_with_exit_code_2_and_a_record(tmp_path, capsys):
-    from budgetssl.cli.common import execute
-    from budgetssl.config.compose import compose_config
-    from budgetssl.stages.commands import pretrain_only
-
-    cfg = compose_config(["dataset=imagenet1k", f"dataset.root={tmp_path / 'nowhere'}", "energy.track=false"])
-    assert execute(cfg, tmp_path / "run", pretrain_only, "budgetssl-pretrain") == 2
+    overrides = ["dataset=imagenet1k", f"dataset.root={tmp_path / 'nowhere'}", "energy.track=false"]
+    assert run_in_process("budgetssl-pretrain", *overrides, folder=tmp_path / "run") == 2
     assert "does not exist" in capsys.readouterr().err
     record = summary(tmp_path / "run")
     assert record["status"] == "failed" and record["error_type"] == "ConfigError"

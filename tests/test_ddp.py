@@ -19,7 +19,7 @@ import torch
 
 from budgetssl.engine.distributed import World
 from budgetssl.errors import ConfigError
-from conftest import TINY, summary
+from conftest import TINY, run_in_process, summary
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 CLIP = [
@@ -32,19 +32,7 @@ CLIP = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here and in the commands started (OMP_NUM_THREADS): the same arithmetic in
-    every run compared, and no slowdown from threads competing for a busy machine's cores."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def settings() -> list[str]:
@@ -63,10 +51,7 @@ def run_stage(run, folder: Path) -> dict:
 
 
 def execute_in_process(folder: Path, overrides: list[str]) -> int:
-    from budgetssl.cli.common import execute
-    from budgetssl.config.compose import compose_config
-
-    return execute(compose_config(overrides), folder, run_stage, "budgetssl-pretrain")
+    return run_in_process("budgetssl-pretrain", *overrides, folder=folder, stage=run_stage)
 
 
 @pytest.fixture(scope="module")

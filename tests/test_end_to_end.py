@@ -1,4 +1,6 @@
-"""The console scripts end to end on the synthetic data: records, budgets, weights, failures."""
+"""The commands end to end on the synthetic data: records, budgets, weights, failures. budgetssl-run and
+budgetssl-transfer run once each through their console scripts; the other runs call the same commands in
+this process (conftest.run_in_process)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from budgetssl.errors import BudgetSSLError
 from budgetssl.record.weights import load_backbone
-from conftest import TINY, TINY_BUDGET, cli, summary
+from conftest import TINY, TINY_BUDGET, cli, run_in_process, summary
 
 CONTRACT = {
     "status", "method", "dataset", "backbone", "seed", "budget_flops", "flops_per_step", "steps",
     "train_flops", "wall_seconds", "energy_kwh", "co2_kg", "co2_kg_estimated", "miou", "transfer_flops",
     "final_loss", "convention", "total_flops", "backbone_timm", "backbone_weights",
 }  # fmt: skip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,11 @@ def pretrained(tmp_path_factory):
         f"hydra.run.dir={folder}",
     )
     return folder, time.perf_counter() - start
+
+
+def transfer(folder, *overrides: str) -> int:
+    """budgetssl-transfer on the tiny settings, in this process."""
+    return run_in_process("budgetssl-transfer", *TINY, *overrides, folder=folder)
 
 
 def test_run_record_holds_the_contract(pretrained):
@@ -75,7 +84,7 @@ def test_weights_load_strictly_into_plain_timm(pretrained):
 def test_transfer_from_run_and_from_random_init(pretrained, tmp_path):
     folder, _ = pretrained
     cli("budgetssl-transfer", *TINY, f"transfer.from_run={folder}", f"hydra.run.dir={tmp_path / 'from_run'}")
-    cli("budgetssl-transfer", *TINY, f"hydra.run.dir={tmp_path / 'random'}")
+    assert transfer(tmp_path / "random") == 0
     scored, baseline = summary(tmp_path / "from_run"), summary(tmp_path / "random")
     source = summary(folder)
     assert scored["status"] == baseline["status"] == "completed"
@@ -87,21 +96,16 @@ def test_transfer_from_run_and_from_random_init(pretrained, tmp_path):
     assert baseline["total_flops"] == baseline["transfer_flops"] > 0
 
 
-def test_transfer_from_a_folder_without_weights_is_a_clear_error(tmp_path):
-    proc = cli(
-        "budgetssl-transfer",
-        *TINY,
-        f"transfer.from_run={tmp_path}",
-        f"hydra.run.dir={tmp_path / 'out'}",
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "has no backbone weights" in proc.stderr
+def test_transfer_from_a_folder_without_weights_is_a_clear_error(tmp_path, capsys):
+    assert transfer(tmp_path / "out", f"transfer.from_run={tmp_path}") == 2
+    assert "has no backbone weights" in capsys.readouterr().err
     assert summary(tmp_path / "out")["status"] == "failed"
 
 
 def test_pretrain_alone_writes_weights_and_no_transfer(tmp_path):
-    cli("budgetssl-pretrain", *TINY, TINY_BUDGET, f"hydra.run.dir={tmp_path}")
+    # In this process: budgetssl-pretrain's console script runs in test_resume.py (killed, and stopped by
+    # SIGTERM with its record), test_lock.py and test_sweeps.py.
+    assert run_in_process("budgetssl-pretrain", *TINY, TINY_BUDGET, folder=tmp_path) == 0
     record = summary(tmp_path)
     assert record["status"] == "completed" and "miou" not in record
     assert (tmp_path / "backbone.safetensors").is_file()
@@ -111,7 +115,7 @@ def test_transfer_from_the_bare_weights_file_keeps_the_pretraining_cost(pretrain
     folder, _ = pretrained
     file = tmp_path / "moved.safetensors"
     shutil.copy(folder / "backbone.safetensors", file)  # the file alone, away from its run folder
-    cli("budgetssl-transfer", *TINY, f"transfer.from_run={file}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert transfer(tmp_path / "out", f"transfer.from_run={file}") == 0
     r, source = summary(tmp_path / "out"), summary(folder)
     assert r["status"] == "completed" and r["transfer_init"] == f"weights:{file.resolve()}"
     assert (r["method"], r["backbone"], r["train_flops"]) == ("supervised", "vit_nano", source["train_flops"])
@@ -130,7 +134,7 @@ def test_transfer_from_a_plain_timm_state_dict_with_its_classifier(pretrained, t
     folder, _ = pretrained
     spec = summary(folder)["backbone_timm"]
     file = timm_file(tmp_path, spec["name"], num_classes=10, **spec["kwargs"])  # head.* is dropped
-    cli("budgetssl-transfer", *TINY, f"transfer.from_run={file}", f"hydra.run.dir={tmp_path / 'out'}")
+    assert transfer(tmp_path / "out", f"transfer.from_run={file}") == 0
     r = summary(tmp_path / "out")
     assert r["status"] == "completed" and r["method"] == "external" and r["backbone"] == "vit_nano"
     assert r["train_flops"] is None and r["total_flops"] is None and r["transfer_flops"] > 0
@@ -148,17 +152,11 @@ def test_transfer_from_a_plain_timm_state_dict_with_its_classifier(pretrained, t
         ),
     ],
 )
-def test_transfer_from_weights_that_do_not_fit_is_a_clear_error(tmp_path, make, message):
+def test_transfer_from_weights_that_do_not_fit_is_a_clear_error(tmp_path, capsys, make, message):
     file = make(tmp_path)
-    proc = cli(
-        "budgetssl-transfer",
-        *TINY,
-        f"transfer.from_run={file}",
-        f"hydra.run.dir={tmp_path / 'out'}",
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert message in proc.stderr and str(file) in proc.stderr
+    assert transfer(tmp_path / "out", f"transfer.from_run={file}") == 2
+    err = capsys.readouterr().err
+    assert message in err and str(file) in err
     record = summary(tmp_path / "out")
     assert record["status"] == "failed" and message in record["error"]
 

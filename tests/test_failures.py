@@ -12,31 +12,15 @@ import torch
 
 from budgetssl.record.sections import Outcome, Record
 from budgetssl.record.summary import completed_record, write_summary
-from conftest import TINY, TINY_BUDGET, summary
+from conftest import TINY, TINY_BUDGET, run_in_process, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here and in the commands started (OMP_NUM_THREADS): the same arithmetic in
-    every run compared, and no slowdown from threads competing for a busy machine's cores."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
-
-
-def run_in_process(folder: Path, *extra: str) -> int:
-    from budgetssl.cli.common import execute
-    from budgetssl.config.compose import compose_config
-    from budgetssl.stages.commands import pretrain_only
-
-    overrides = [*TINY, TINY_BUDGET, "train.checkpoint_every_steps=2", *extra]
-    return execute(compose_config(overrides), folder, pretrain_only, "budgetssl-pretrain")
+def pretrain(folder: Path, *extra: str) -> int:
+    return run_in_process(
+        "budgetssl-pretrain", *TINY, TINY_BUDGET, "train.checkpoint_every_steps=2", *extra, folder=folder
+    )
 
 
 class Payload:
@@ -51,7 +35,7 @@ class Payload:
 
 def test_a_non_finite_loss_fails_the_run_at_its_step(tmp_path):
     # A learning rate no model survives: the first update blows the weights up, the next loss is nan.
-    assert run_in_process(tmp_path, "train.lr=1e30") == 2
+    assert pretrain(tmp_path, "train.lr=1e30") == 2
     record = summary(tmp_path)
     assert record["status"] == "failed" and record["error_type"] == "NonFiniteLoss"
     assert record["failed_step"] == 1 and "loss is nan at step 1" in record["error"]
@@ -66,24 +50,24 @@ def test_a_crash_leaves_a_failed_record_with_the_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "create_optimizer_v2", broken)
     with pytest.raises(RuntimeError, match="factory broke"):
-        run_in_process(tmp_path)
+        pretrain(tmp_path)
     record = summary(tmp_path)
     assert record["status"] == "failed" and record["error_type"] == "RuntimeError"
     assert "factory broke" in record["error"]
 
 
 def test_an_unknown_optimizer_is_a_config_error(tmp_path):
-    assert run_in_process(tmp_path, "train.optimizer=nosuchopt") == 2
+    assert pretrain(tmp_path, "train.optimizer=nosuchopt") == 2
     record = summary(tmp_path)
     assert record["status"] == "failed" and record["error_type"] == "ConfigError"
     assert "train.optimizer 'nosuchopt'" in record["error"]
 
 
 def test_a_completed_record_is_never_replaced_by_a_failure(tmp_path):
-    assert run_in_process(tmp_path) == 0
+    assert pretrain(tmp_path) == 0
     done = summary(tmp_path)
     # The same folder, another config: refused (its checkpoint is another run's), recorded nowhere.
-    assert run_in_process(tmp_path, "train.lr=1e30") != 0
+    assert pretrain(tmp_path, "train.lr=1e30") != 0
     assert summary(tmp_path) == done == completed_record(tmp_path)
     for status in ("failed", "interrupted"):
         write_summary(tmp_path, Record(outcome=Outcome(status=status, error="later")))
@@ -95,7 +79,7 @@ def test_an_unreadable_checkpoint_with_nothing_older_is_an_error_naming_it(tmp_p
     bad.parent.mkdir()
     torch.save({"format": 1, "x": torch.zeros(1000)}, bad)
     bad.write_bytes(bad.read_bytes()[:300])  # cut short, as by a full disk
-    assert run_in_process(tmp_path) == 2
+    assert pretrain(tmp_path) == 2
     record = summary(tmp_path)
     assert record["status"] == "failed" and record["error_type"] == "CheckpointError"
     assert (
@@ -111,7 +95,7 @@ def test_a_hostile_checkpoint_is_refused_and_never_run(tmp_path):
     with (folder / "step_000000002.pt").open("wb") as f:
         pickle.dump({"format": 1, "model": Payload(marker)}, f)  # a bare pickle
     torch.save({"format": 1, "model": Payload(marker)}, folder / "step_000000004.pt")  # torch's zip format
-    assert run_in_process(tmp_path / "run") == 2
+    assert pretrain(tmp_path / "run") == 2
     error = summary(tmp_path / "run")["error"]
     for name in ("step_000000002.pt", "step_000000004.pt"):
         assert f"refused checkpoint {folder / name}" in error

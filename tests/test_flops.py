@@ -1,4 +1,5 @@
-"""FLOP counting: reference counts, attention on CPU, the step of a real method, the fvcore cross-check."""
+"""FLOP counting: reference counts, attention on CPU, the step of a real method (budgetssl-flops: once
+through its console script, once in this process), the fvcore cross-check."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetssl.backbones.backbone import build_backbone
+from budgetssl.cli import flops
 from budgetssl.meter.counter import PassCounter, count_forward_flops
 from conftest import cli, run_config
 
@@ -28,9 +30,9 @@ def test_resnet50_forward_is_8_18_gflops():
     assert forward_flops("resnet50") / 1e9 == pytest.approx(8.18, rel=0.01)
 
 
-def test_budgetssl_flops_for_vit_base_at_224(reference_flops):
-    out = cli("budgetssl-flops", "backbone=vit_base", "dataset.image_size=224", "train.batch_size=2")
-    result = json.loads(out.stdout)
+def test_budgetssl_flops_for_vit_base_at_224(reference_flops, capsys):
+    flops.main(["backbone=vit_base", "dataset.image_size=224", "train.batch_size=2"])
+    result = json.loads(capsys.readouterr().out)
     assert result["convention"] == "fma=2"
     assert result["batch_size"] == 2
     assert result["flops_per_image"] / 1e9 == pytest.approx(35.13, rel=0.01)

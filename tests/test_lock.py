@@ -32,6 +32,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_second_launch_on_a_folder_in_use_exits_and_a_sweep_skips_it(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(

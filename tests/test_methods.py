@@ -1,5 +1,5 @@
 """The five self-supervised and language-supervised methods: schedules, EMA, state, views, bad input,
-and each one end to end through budgetssl-run."""
+and each one end to end through budgetssl-run (in this process: conftest.run_in_process)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from budgetssl.methods.captions import CaptionView, pseudo_caption
 from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
 from budgetssl.methods.zoo.dino import teacher_temp_at
 from budgetssl.stages.pretrain import build, loop_settings
-from conftest import TINY, cli, run_config, small, summary
+from conftest import TINY, run_config, run_in_process, small, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # mae_tiny is mae's code with other numbers (its exact FLOPs are in test_method_flops.py): not run twice.
 NEW = ["simclr", "byol", "dino", "mae", "clip"]
@@ -37,7 +39,7 @@ SHORT_RUN_HEADS = {"simclr": ["method.proj_last_bn=false"], "byol": ["method.las
 
 @pytest.mark.parametrize("method", NEW)
 def test_method_runs_end_to_end_within_its_budget_and_its_loss_falls(method, tmp_path):
-    cli(
+    code = run_in_process(
         "budgetssl-run",
         *TINY,
         *small(method),
@@ -47,8 +49,9 @@ def test_method_runs_end_to_end_within_its_budget_and_its_loss_falls(method, tmp
         # tiny model in a few steps (SimCLR: 2e-4 x 16 / 256 = 1.25e-5).
         "train.lr=1e-3",
         *SHORT_RUN_HEADS.get(method, []),
-        f"hydra.run.dir={tmp_path}",
+        folder=tmp_path,
     )
+    assert code == 0
     record = summary(tmp_path)
     assert record["status"] == "completed" and record["method"] == method
     assert record["train_flops"] <= record["budget_flops"] < record["train_flops"] + record["flops_per_step"]
@@ -192,15 +195,16 @@ def write_images(folder, count: int = 24) -> None:
 
 def test_self_supervised_pretraining_on_a_folder_of_unlabelled_images(tmp_path):
     write_images(tmp_path / "images")
-    cli(
+    code = run_in_process(
         "budgetssl-pretrain",
         "dataset=image_folder",
         f"dataset.root={tmp_path / 'images'}",
         *(o for o in TINY if not o.startswith("dataset.num_train")),
         *small("simclr"),
         "budget.flops=5e9",
-        f"hydra.run.dir={tmp_path / 'run'}",
+        folder=tmp_path / "run",
     )
+    assert code == 0
     record = summary(tmp_path / "run")
     assert record["status"] == "completed" and record["dataset"] == "image_folder" and record["steps"] >= 2
 
@@ -241,12 +245,10 @@ def test_clip_on_images_without_captions_or_labels_is_refused(tmp_path):
     assert "needs caption or label" in str(info.value) and "image_folder" in str(info.value)
 
 
-def test_mae_on_a_resnet_exits_non_zero_with_a_failed_record(tmp_path):
-    proc = cli(
-        "budgetssl-run", *TINY, "backbone=resnet18", "method=mae", f"hydra.run.dir={tmp_path}", check=False
-    )
-    assert proc.returncode == 2
-    assert "needs a ViT backbone" in proc.stderr and "backbone=vit_base" in proc.stderr
+def test_mae_on_a_resnet_exits_non_zero_with_a_failed_record(tmp_path, capsys):
+    assert run_in_process("budgetssl-run", *TINY, "backbone=resnet18", "method=mae", folder=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "needs a ViT backbone" in err and "backbone=vit_base" in err
     assert summary(tmp_path)["status"] == "failed"
 
 

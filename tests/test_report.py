@@ -1,4 +1,5 @@
-"""budgetssl-report and budgetssl-plot over hand-written records, including a failed and a corrupt one."""
+"""budgetssl-report and budgetssl-plot over hand-written records, including a failed and a corrupt one (each
+command once through its console script, the rest in this process)."""
 
 from __future__ import annotations
 
@@ -100,14 +101,15 @@ def test_a_metric_no_run_has_is_a_clear_error(tmp_path, capsys):
     )
 
 
-def test_plot_chosen_axes_and_empty_folder(tmp_path):
+def test_plot_chosen_axes_and_empty_folder(tmp_path, capsys):
     make_runs(tmp_path / "runs")
     out = tmp_path / "energy.png"
     cli("budgetssl-plot", str(tmp_path / "runs"), "--x", "train_flops", "--y", "miou", "--out", str(out))
     assert out.stat().st_size > 10_000
     (tmp_path / "empty").mkdir()
-    proc = cli("budgetssl-report", str(tmp_path / "empty"), check=False)
-    assert proc.returncode == 1 and "nothing to report" in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "empty")])
+    assert exit_info.value.code == 1 and "nothing to report" in capsys.readouterr().err
 
 
 def make_grid(root):
@@ -135,32 +137,33 @@ def make_grid(root):
     write(root, "corrupt", "{not json")
 
 
-def test_report_finds_the_front_the_best_method_per_budget_and_the_crossing(tmp_path):
+def test_report_finds_the_front_the_best_method_per_budget_and_the_crossing(tmp_path, capsys):
     make_grid(tmp_path / "runs")
-    proc = cli("budgetssl-report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"))
-    assert "11 completed run(s); ignored 1 failed or unfinished and 1 unreadable" in proc.stderr
-    report = (tmp_path / "out" / "report.md").read_text()
-    front = [r.split(" | ")[:3] for r in section(report, "### Pareto front")[1:5]]
+    report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr()
+    assert "11 completed run(s); ignored 1 failed or unfinished and 1 unreadable" in printed.err
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    front = [r.split(" | ")[:3] for r in section(markdown, "### Pareto front")[1:5]]
     assert front == [
         ["| random_init", "-", "vit_small"],
         ["| mae", "synthetic", "vit_small"],
         ["| supervised", "synthetic", "vit_small"],
         ["| supervised", "synthetic", "vit_large"],
     ]
-    best = [r.split(" | ") for r in section(report, "### Pareto front") if r.startswith("| 1e+1")]
+    best = [r.split(" | ") for r in section(markdown, "### Pareto front") if r.startswith("| 1e+1")]
     assert [(r[1], r[3], r[4]) for r in best] == [
         ("mae", "vit_small", "32.00 |"),
         ("supervised", "vit_small", "36.00 |"),
         ("supervised", "vit_large", "42.00 |"),
     ]
     # Large minus small on a log axis: -2 at 1e13, +4 at 1e14, so zero a third of the decade in.
-    crossing = section(report, "### Where a larger backbone overtakes")[1:]
+    crossing = section(markdown, "### Where a larger backbone overtakes")[1:]
     assert len(crossing) == 1 and crossing[0].startswith("| supervised | synthetic | vit_small | vit_large |")
     assert crossing[0].endswith(f"| {1e13 * 10 ** (1 / 3):.3g} |")
-    assert "| mae | synthetic | vit_small | 1e+12 | 2 | 32.00 | 1.41 |" in report
-    assert "failed or unfinished: `" in report and "unreadable: `" in report
+    assert "| mae | synthetic | vit_small | 1e+12 | 2 | 32.00 | 1.41 |" in markdown
+    assert "failed or unfinished: `" in markdown and "unreadable: `" in markdown
     for name in ("miou_vs_flops", "miou_vs_co2", "miou_vs_flops_facets", "miou_vs_co2_facets"):
         image = tmp_path / "out" / f"{name}.png"
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000
-        assert f"]({name}.png)" in report
-    assert "random init (vit_large): mIoU 18.00" in proc.stdout
+        assert f"]({name}.png)" in markdown
+    assert "random init (vit_large): mIoU 18.00" in printed.out

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from budgetssl.engine.signals import EXIT_INTERRUPTED
-from conftest import BIN, TINY, small, summary
+from conftest import BIN, TINY, run_in_process, small, summary
 
 # MAE draws its masks from the global RNG on every step: a resumed run must restore it exactly.
 SETTINGS = [
@@ -28,27 +27,11 @@ SETTINGS = [
 SAME = ("status", "planned_steps", "steps", "train_flops", "flops_per_step", "first_loss", "final_loss")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread here and in the commands started (OMP_NUM_THREADS): the same arithmetic in
-    every run compared, and no slowdown from threads competing for a busy machine's cores."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        del os.environ["OMP_NUM_THREADS"]
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def run_in_process(folder: Path, *extra: str) -> int:
-    from budgetssl.cli.common import execute
-    from budgetssl.config.compose import compose_config
-    from budgetssl.stages.commands import pretrain_only
-
-    return execute(compose_config([*SETTINGS, *extra]), folder, pretrain_only, "budgetssl-pretrain")
+def pretrain(folder: Path, *extra: str) -> int:
+    return run_in_process("budgetssl-pretrain", *SETTINGS, *extra, folder=folder)
 
 
 def start_cli(folder: Path) -> subprocess.Popen:
@@ -84,7 +67,7 @@ def losses(folder: Path) -> list[float]:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run."""
     folder = tmp_path_factory.mktemp("reference")
-    assert run_in_process(folder) == 0
+    assert pretrain(folder) == 0
     record = summary(folder)
     assert record["resumed_from_step"] == 0 and record["steps"] >= 24
     return folder
@@ -105,12 +88,7 @@ def test_kill_9_mid_run_then_the_same_command_resumes_to_the_same_record(tmp_pat
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
     assert not (folder / "summary.json").exists()
-    again = subprocess.run(
-        [str(BIN / "budgetssl-pretrain"), *SETTINGS, f"hydra.run.dir={folder}"],
-        capture_output=True,
-        text=True,
-    )
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert pretrain(folder) == 0  # the same command again (in this process: the kill needed another)
     record = summary(folder)
     assert 3 <= record["resumed_from_step"] < record["steps"]
     assert_same_run(folder, reference)
@@ -129,7 +107,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes(tmp_path, reference):
     assert "Traceback" not in err and f"stopped by SIGTERM after step {step}" in err
     assert (folder / record["checkpoint"]).is_file() and record["checkpoint"].endswith(f"step_{step:09d}.pt")
     assert metric_steps(folder) == list(range(1, step + 1))
-    assert run_in_process(folder) == 0
+    assert pretrain(folder) == 0
     assert summary(folder)["resumed_from_step"] == step
     assert_same_run(folder, reference)
 
@@ -158,13 +136,13 @@ def interrupt_when(folder: Path, files: int) -> threading.Thread:
 def test_a_corrupted_newest_checkpoint_falls_back_to_the_one_before(tmp_path, reference, harmless_sigusr1):
     folder = tmp_path / "run"
     interrupt_when(folder, files=2).join(timeout=0)
-    assert run_in_process(folder) == EXIT_INTERRUPTED
+    assert pretrain(folder) == EXIT_INTERRUPTED
     newest, older = sorted((folder / "checkpoints").glob("step_*.pt"), reverse=True)
     assert summary(folder)["signal"] == "SIGUSR1"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     with pytest.warns(
         UserWarning, match=rf"{newest.name} is unreadable .*resuming from the older .*{older.name}"
     ):
-        assert run_in_process(folder) == 0
+        assert pretrain(folder) == 0
     assert summary(folder)["resumed_from_step"] == int(older.stem.split("_")[1])
     assert_same_run(folder, reference)

@@ -18,7 +18,9 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import to_normalized
 from budgetssl.methods.base import build_method
 from budgetssl.methods.zoo import supervised
-from conftest import TINY, TINY_BUDGET, cli, run_config, summary
+from conftest import TINY, TINY_BUDGET, run_config, run_in_process, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 OFF = ["method.randaugment=null", "method.random_erasing=0", "method.mixup_alpha=0", "method.cutmix_alpha=0"]
 
@@ -167,7 +169,8 @@ def test_validation_scores_are_the_accuracy_of_the_centre_view():
 
 @pytest.mark.slow
 def test_a_pretraining_run_records_held_out_accuracy(tmp_path):
-    cli("budgetssl-pretrain", *TINY, TINY_BUDGET, "dataset.num_val=64", f"hydra.run.dir={tmp_path}")
+    code = run_in_process("budgetssl-pretrain", *TINY, TINY_BUDGET, "dataset.num_val=64", folder=tmp_path)
+    assert code == 0
     record = summary(tmp_path)
     assert record["status"] == "completed" and record["method"] == "supervised"
     assert record["val_images"] == 64 and 0 <= record["val_accuracy"] <= 100

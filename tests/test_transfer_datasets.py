@@ -1,7 +1,7 @@
 """Segmentation datasets in their real layouts (ADE20K's ADEChallengeData2016, PASCAL VOC 2012), written tiny
 with real JPEGs and PNG masks: right images and masks (ADE's zero label ignored, VOC's palette indices read
 raw), the transfer views on them, unreadable files, wrong layouts, and runs end to end through
-budgetssl-run on tiny copies of the pretraining and the transfer data."""
+budgetssl-run (in this process) on tiny copies of the pretraining and the transfer data."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from budgetssl.data.tiny_layouts import colour, write_ade20k, write_imagenet, write_shards, write_voc
 from budgetssl.errors import ConfigError, DataError
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.sets.ade20k import CLASSES as ADE_CLASSES
 from budgetssl.transfer.sets.voc import CLASSES as VOC_CLASSES
 from budgetssl.transfer.views import eval_view, train_view
-from conftest import cli, run_config, small, summary
+from conftest import run_config, run_in_process, small, summary
+from layouts import colour, write_ade20k, write_imagenet, write_shards, write_voc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def segmentation(*overrides: str, split: str = "train"):
@@ -194,6 +196,7 @@ RUN = [
     "train.batch_size=8",
     "train.progress=false",
     "energy.track=false",
+    "logger.wandb.mode=disabled",
     "transfer.steps=3",
     "transfer.batch_size=4",
     "transfer.eval_batch_size=4",
@@ -203,7 +206,7 @@ RUN = [
 def test_imagenet1k_pretraining_then_ade20k_transfer_end_to_end(tmp_path):
     write_imagenet(tmp_path / "in", classes=3, per_class=4, size=(20, 28, 20, 28))
     write_ade20k(tmp_path / "ade", train=4, val=2, size=(20, 28, 20, 28))
-    cli(
+    code = run_in_process(
         "budgetssl-run",
         "dataset=imagenet1k",
         f"dataset.root={tmp_path / 'in'}",
@@ -214,8 +217,9 @@ def test_imagenet1k_pretraining_then_ade20k_transfer_end_to_end(tmp_path):
         "method=supervised",
         "budget.flops=1.5e9",
         *RUN,
-        f"hydra.run.dir={tmp_path / 'run'}",
+        folder=tmp_path / "run",
     )
+    assert code == 0
     record = summary(tmp_path / "run")
     assert (
         record["status"] == "completed"
@@ -231,19 +235,21 @@ def test_imagenet1k_pretraining_then_ade20k_transfer_end_to_end(tmp_path):
 def test_clip_on_webdataset_shards_then_voc_transfer_end_to_end(tmp_path):
     write_shards(tmp_path / "wds", shards=2, per_shard=8, size=(20, 28, 20, 28), corrupt=["0000003"])
     write_voc(tmp_path / "voc", train=4, val=2, size=(20, 28, 20, 28))
-    cli(
-        "budgetssl-run",
-        "dataset=webdataset",
-        f"dataset.root={tmp_path / 'wds'}",
-        "dataset.shards='shard-{000..001}.tar'",
-        "dataset.shuffle_buffer=4",
-        "transfer=voc",
-        f"transfer.root={tmp_path / 'voc'}",
-        *small("clip"),
-        "budget.flops=1.6e9",
-        *RUN,
-        f"hydra.run.dir={tmp_path / 'run'}",
-    )
+    with pytest.warns(UserWarning, match="skipped sample .*0000003: cannot decode image"):
+        code = run_in_process(
+            "budgetssl-run",
+            "dataset=webdataset",
+            f"dataset.root={tmp_path / 'wds'}",
+            "dataset.shards='shard-{000..001}.tar'",
+            "dataset.shuffle_buffer=4",
+            "transfer=voc",
+            f"transfer.root={tmp_path / 'voc'}",
+            *small("clip"),
+            "budget.flops=1.6e9",
+            *RUN,
+            folder=tmp_path / "run",
+        )
+    assert code == 0
     record = summary(tmp_path / "run")
     assert (
         record["status"] == "completed" and record["dataset"] == "webdataset" and record["transfer"] == "voc"

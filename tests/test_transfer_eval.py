@@ -18,7 +18,9 @@ from budgetssl.transfer.finetune import score
 from budgetssl.transfer.heads import Segmenter
 from budgetssl.transfer.metrics import scores_from_confusion
 from budgetssl.transfer.views import eval_view, full_view, train_view
-from conftest import TINY, cli, run_config, summary
+from conftest import TINY, run_config, run_in_process, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model_and_config():
@@ -71,13 +73,10 @@ def test_slide_logits_tile_and_average_windows():
 
 
 def test_sliding_window_evaluation_at_full_resolution_end_to_end(tmp_path):
-    cli(
-        "budgetssl-transfer",
-        *TINY,
-        "transfer.eval_mode=slide",
-        "transfer.val_image_size=40",
-        f"hydra.run.dir={tmp_path}",
+    code = run_in_process(
+        "budgetssl-transfer", *TINY, "transfer.eval_mode=slide", "transfer.val_image_size=40", folder=tmp_path
     )
+    assert code == 0
     r = summary(tmp_path)
     assert r["status"] == "completed"
     assert r["transfer_eval_mode"] == "slide" and r["transfer_eval_stride"] == 10  # 2/3 of 16

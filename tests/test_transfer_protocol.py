@@ -16,7 +16,9 @@ from budgetssl.stages import transfer as stage
 from budgetssl.transfer import finetune
 from budgetssl.transfer.finetune import transfer_settings
 from budgetssl.transfer.heads import Segmenter
-from conftest import TINY, cli, run_config, small, summary
+from conftest import TINY, run_config, run_in_process, small, summary
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def segmenter(backbone: str, size: int, head: str, **kwargs) -> Segmenter:
@@ -69,15 +71,16 @@ def test_frozen_backbone_gets_no_gradient_and_no_optimizer_state():
 
 
 def test_transfer_budget_in_flops_with_the_multilevel_head_and_the_probe(tmp_path):
-    cli(
+    code = run_in_process(
         "budgetssl-transfer",
         *TINY,
         "transfer.head=multilevel",
         "transfer.steps=null",
         "transfer.flops=3e9",
         "transfer.probe=true",
-        f"hydra.run.dir={tmp_path}",
+        folder=tmp_path,
     )
+    assert code == 0
     r = summary(tmp_path)
     assert r["status"] == "completed" and r["transfer_head"] == "multilevel"
     per_step = r["transfer_flops_per_step"]

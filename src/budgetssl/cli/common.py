@@ -88,8 +88,13 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
         finally:
             distributed.stop()
         if main:
-            path = write_summary(folder, _finish(record, start))
-            print(f"{command}: {outcome.status}; record: {path}", file=sys.stderr if code else sys.stdout)
+            try:
+                path = write_summary(folder, _finish(record, start))
+            except BudgetSSLError as e:  # e.g. the disk filled up: say which, without a traceback
+                print(f"{command}: error: the record was not written: {e}", file=sys.stderr)
+                code = code or 2
+            else:
+                print(f"{command}: {outcome.status}; record: {path}", file=sys.stderr if code else sys.stdout)
         held.close()  # free before a requeue hands the folder on
         if code == signals.EXIT_INTERRUPTED:
             signals.hand_over()  # e.g. submitit's checkpoint-and-requeue, where it was installed

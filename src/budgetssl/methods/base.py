@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from budgetssl.backbones.backbone import Backbone
@@ -82,10 +81,6 @@ class Method(Task):
 
     def teachers(self) -> list[EmaTeacher]:
         return [m for m in self.modules() if isinstance(m, EmaTeacher)]
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        frozen = {id(p) for name in self.forward_only for p in getattr(self, name).parameters()}
-        return [p for p in self.parameters() if id(p) not in frozen and p.requires_grad]
 
 
 def build_method(cfg: MethodConfig, backbone: Backbone, data: DataInfo) -> Method:

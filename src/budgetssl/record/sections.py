@@ -71,6 +71,7 @@ class Pretraining:
     teacher_init_weight: float | None = _f("fraction")  # EMA methods: the initial teacher's share at the end
     teacher_base_momentum: float | None = _f()
     val_accuracy: float | None = _f(PERCENT)  # methods trained on labels, on the held-out split
+    val_images: int | None = _f("images")
     validation_note: str | None = _f()
     first_loss: float | None = _f()
     final_loss: float | None = _f()

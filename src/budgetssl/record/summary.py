@@ -9,9 +9,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
-
 import budgetssl
 from budgetssl.record.files import write_json
 from budgetssl.record.sections import Record
@@ -22,6 +19,10 @@ REDACTED = "<redacted>"
 
 
 def environment() -> dict[str, Any]:
+    # Imported here: the report reads records without paying for torch's start-up.
+    import timm
+    import torch
+
     return {
         "budgetssl": budgetssl.__version__,
         "torch": torch.__version__,

@@ -1,28 +1,23 @@
 """Segmentation of the synthetic scenes: background plus one class per shape, boundaries ignored.
 
 Its scenes come from streams of their own, so no transfer image was seen in pretraining. Rendered scenes
-are kept in a bounded cache: a transfer draws each of its scenes several times (100 steps of 32 from 1000
-scenes) and the probe draws the same ones again, and rendering is most of the cost of a sample.
+come from the pretraining set's bounded cache: a transfer draws each of its scenes several times (100
+steps of 32 from 1000 scenes) and the probe draws the same ones again.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
-from budgetssl.data.sets.synthetic import scene, to_sample
+from budgetssl.data.sets.synthetic import cached_scene, to_sample
 from budgetssl.data.shapes import IGNORE, SHAPES
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import SegmentationDataset, TransferInfo
 from budgetssl.transfer.registry import TRANSFERS
-
-# `scene(...)` rendered once per process: scenes are pure functions of their arguments, and `to_sample`
-# copies the arrays it reads, so sharing them is safe. 16k scenes hold every scene of a default transfer.
-cached_scene = functools.lru_cache(maxsize=2**14)(scene)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Tiny copies of the real datasets' on-disk layouts, with real JPEG/PNG files, tar shards and COCO JSON:
-for the tests, the loader benchmark, and trying a config before pointing it at the real copy.
+test fixtures, for the tests and the loader benchmark (benchmarks/loader_throughput.py), and for trying a
+config before pointing it at the real copy (from a clone: `sys.path` holding tests/).
 
 Every image is a flat colour (plus mild noise) chosen by its label, `colour(label)`, so a reader can check
 that it got the right image for a label; segmentation images are coloured by their masks' classes.
