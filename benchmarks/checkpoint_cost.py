@@ -1,7 +1,10 @@
 """Measure what a checkpoint costs: seconds to gather and write it, bytes on disk, seconds to read it.
 
 Each configuration trains one real step (so the optimizer holds its state), then saves the same
-checkpoint the training loop saves, `--saves` times, into a temporary folder.
+checkpoint the training loop saves, `--saves` times, into a temporary folder: written in the
+foreground (training waits for the whole write), and in the background as the loop does (training
+waits only for the host copy: `blocked_seconds`; the write goes on beside the next steps, whose time
+with and without a write under way is `step_seconds_during_write` / `step_seconds`).
 
 usage: python benchmarks/checkpoint_cost.py [--saves N] [--only NAME] [OVERRIDE ...]
 e.g.   python benchmarks/checkpoint_cost.py                 # vit_nano (demo size) and vit_base
@@ -45,8 +48,14 @@ def measure(overrides: list[str], saves: int) -> dict:
     first = meter.record(batch, counter)
     plan = FlopBudget(100 * first.total).plan(first.total)
     state = RunState(step=1, spent=first.total, plan=plan, first=first, loss=float(loss), logs=logs)
+
+    def one_step() -> float:
+        t0 = time.perf_counter()
+        trainer.step(batch, None, 0.5)
+        return time.perf_counter() - t0
+
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoints = Checkpoints(Path(tmp), config=run.to_dict())
+        checkpoints = Checkpoints(Path(tmp) / "foreground", config=run.to_dict(), background=False)
         write = []
         for i in range(saves):
             t0 = time.perf_counter()
@@ -57,6 +66,17 @@ def measure(overrides: list[str], saves: int) -> dict:
         t0 = time.perf_counter()
         read_checkpoint(path)
         read = time.perf_counter() - t0
+        background = Checkpoints(Path(tmp) / "background", config=run.to_dict())
+        blocked, total, during, alone = [], [], [], []
+        for i in range(saves):
+            alone.append(one_step())
+            t0 = time.perf_counter()
+            state.step = i + 1
+            background.save(snapshot(state, trainer, meter, batches, World()))
+            blocked.append(time.perf_counter() - t0)
+            during.append(one_step())  # a training step while the write goes on
+            background.wait()
+            total.append(time.perf_counter() - t0)
     return {
         "method": run.method.name,
         "backbone": run.backbone.name,
@@ -67,6 +87,11 @@ def measure(overrides: list[str], saves: int) -> dict:
         "write_seconds": min(write),
         "write_seconds_each": [round(s, 3) for s in write],
         "read_seconds": read,
+        "blocked_seconds": min(blocked),
+        "blocked_seconds_each": [round(s, 3) for s in blocked],
+        "background_total_seconds": min(total),
+        "step_seconds": min(alone),
+        "step_seconds_during_write": min(during),
         "device": str(trainer.device),
     }
 
@@ -81,7 +106,10 @@ def main() -> None:
     for name, config in CONFIGS.items():
         if args.only in (None, name):
             saves = args.saves if name == "nano" else 1
-            print(json.dumps({"config": name, **measure([*config, *overrides], saves)}, indent=2), flush=True)
+            figures = measure([*config, *overrides], saves)
+            print(json.dumps({"config": name, **figures}, indent=2), flush=True)
+            last = {k: figures[k] for k in ("megabytes", "write_seconds", "blocked_seconds")}
+    print(" ".join(f"{k}={v:.3g}" for k, v in last.items()))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,13 @@ the view a method would use: supervised's crop-and-flip for labelled sets, CLIP'
 caption for captioned ones, the transfer stage's joint image-and-mask crop for segmentation. `start s` is
 the time to open the dataset (listing or parsing annotations; `cached` = from the file index cache).
 torch runs one intra-op thread in the main process (as it does in every data-loader worker), so `w=0` is
-the rate of one core and `w=1` adds a worker process's hand-off; `--threads` changes it.
+the rate of one core and `w=1` adds a worker process's hand-off; `--threads` changes it. With
+`--augment-on device` the pretraining layouts' workers only decode, and the views run on each padded batch
+of images of mixed sizes in the main process (train.augment_on=device on a CPU); the segmentation
+layouts keep their joint image-and-mask views in the loader.
 
 usage: python benchmarks/loader_throughput.py [--images 320] [--workers 0,1] [--batch-size 32]
+    [--augment-on loader|device]
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from budgetssl.config.compose import compose_config
 from budgetssl.data.base import build_dataset
 from budgetssl.data.decode import EXTENSIONS
 from budgetssl.data.index_cache import list_files
-from budgetssl.data.loader import endless_batches
+from budgetssl.data.loader import collate_images, endless_batches
 from budgetssl.methods.augment import random_crop_flip
+from budgetssl.methods.batched import OnDevice, device_views
 from budgetssl.methods.captions import CaptionView
 from budgetssl.methods.zoo.supervised import LabelledView
 from budgetssl.plugins import check_config
@@ -90,8 +95,15 @@ def opened(overrides: list[str], size: int) -> tuple[object, Callable, float]:
     return ds, LabelledView(crop), seconds
 
 
-def images_per_second(ds, view, batch_size: int, workers: int, images: int) -> float:
-    batches = endless_batches(ds, view, batch_size, seed=0, num_workers=workers)
+def images_per_second(ds, view, batch_size: int, workers: int, images: int, augment_on: str) -> float:
+    split = device_views(view, "auto", torch.device("cpu"), 0) if augment_on == "device" else None
+    if split is None:
+        batches = endless_batches(ds, view, batch_size, seed=0, num_workers=workers)
+    else:
+        after = OnDevice(split, torch.device("cpu"), seed=0)
+        batches = endless_batches(
+            ds, split.loader, batch_size, seed=0, num_workers=workers, collate=collate_images, after=after
+        )
     next(batches)  # workers started, first batch made
     steps = max(1, images // batch_size)
     start = time.perf_counter()
@@ -128,6 +140,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="the view's output size")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
     parser.add_argument("--index-files", type=int, default=50000, help="files for the index-cache timing")
+    parser.add_argument("--augment-on", default="loader", choices=("loader", "device"), help="views run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workers = [int(w) for w in args.workers.split(",")]
@@ -145,7 +158,9 @@ def main() -> None:
         for name, overrides in layouts.items():
             ds, view, first = opened(overrides, args.image_size)
             _, _, again = opened(overrides, args.image_size)  # the second start: from the index cache
-            rates = [images_per_second(ds, view, args.batch_size, w, args.images) for w in workers]
+            rates = [
+                images_per_second(ds, view, args.batch_size, w, args.images, args.augment_on) for w in workers
+            ]
             cells = "".join(f"{r:>13.0f}" for r in rates)
             print(f"{name:<24}{first:>9.3f}{again:>8.3f}{cells}")
         walk, cached = index_seconds(root / "index", args.index_files)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from budgetssl.engine.checkpoint import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import NonFiniteLoss, train
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
@@ -121,3 +122,84 @@ def test_non_finite_loss_stops_the_run_at_its_step():
     with pytest.raises(NonFiniteLoss, match="loss is nan at step 3") as info:
         train(Exploding(), batches(), SETTINGS, StepBudget(100))
     assert info.value.step == 3
+
+
+class HostReads(torch.Tensor):
+    """A loss that counts how often it, or a tensor made from it, is read on the host."""
+
+    reads = 0
+    READS = (torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__bool__,
+             torch.Tensor.__int__, torch.Tensor.numpy)  # fmt: skip
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in cls.READS:
+            HostReads.reads += 1
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+class Watched(Regression):
+    def forward(self, batch):
+        return StepOutput(super().forward(batch).loss.as_subclass(HostReads))
+
+
+def test_the_loss_is_read_on_the_host_only_on_logged_steps(tmp_path):
+    """No step waits for the device to report its loss: the losses of the steps since the last read are
+    read together, on logged steps only (the first, every log_every-th, the last)."""
+    HostReads.reads = 0
+    settings = replace(SETTINGS, log_every=5)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    torch.manual_seed(0)
+    result = train(Watched(), batches(), settings, StepBudget(12), log)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 5, 10, 12]
+    assert result.loss_reads == HostReads.reads == 4
+    # Still exact: the same losses as a run that reads every step.
+    torch.manual_seed(0)
+    every = train(Regression(), batches(), replace(SETTINGS, log_every=1), StepBudget(12))
+    assert (result.first_loss, result.final_loss) == (every.first_loss, every.final_loss)
+    assert result.final_loss == rows[-1]["loss"]
+
+
+class NanAt(Regression):
+    """A loss that turns nan at the step after `at` steps are done (0-based step `at`)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        return StepOutput(out.loss * (float("nan") if len(self.fractions) == self.at else 1.0))
+
+
+def test_a_non_finite_loss_between_reads_is_reported_at_its_own_step():
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 6") as info:
+        train(NanAt(6), batches(), replace(SETTINGS, log_every=10), StepBudget(100))
+    assert info.value.step == 6  # found at the read after step 10, reported where it happened
+
+
+def test_no_checkpoint_holds_the_weights_a_non_finite_step_left(tmp_path):
+    """A checkpoint due between the bad step and the next logged one reads the losses first: the run
+    stops there, and the checkpoint on disk is the one before the bad step."""
+    checkpoints = Checkpoints(tmp_path / "checkpoints", every=4)
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 5"):
+        train(NanAt(5), batches(), replace(SETTINGS, log_every=100), StepBudget(100), checkpoints=checkpoints)
+    assert [p.name for p in checkpoints.existing()] == ["step_000000004.pt"]
+    saved = read_checkpoint(checkpoints.existing()[0])
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_weights_that_turned_non_finite_with_a_finite_loss_are_never_checkpointed(tmp_path):
+    class Blows(Regression):
+        def on_step_end(self, fraction):
+            if len(self.fractions) == 2:  # after the update of step 3 (the third on_step_end)
+                with torch.no_grad():
+                    self.layer.weight.fill_(float("inf"))
+            return super().on_step_end(fraction)
+
+    checkpoints = Checkpoints(tmp_path / "checkpoints", every=3)
+    with pytest.raises(NonFiniteLoss, match="weights are not finite after step 3") as info:
+        train(Blows(), batches(), replace(SETTINGS, log_every=100), StepBudget(100), checkpoints=checkpoints)
+    assert info.value.step == 3
+    assert checkpoints.existing() == []

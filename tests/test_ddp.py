@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,68 @@ def test_each_global_batch_is_split_over_the_ranks_in_order():
             ranks[0][4 * step : 4 * step + 4] + ranks[1][4 * step : 4 * step + 4]
             == one[8 * step : 8 * step + 8]
         )
+
+
+def stop_worker(rank: int, folder: str, port: int, case: str, out) -> None:  # noqa: ANN001
+    """One of two gloo ranks training the tiny regression task; rank 1 alone is asked to stop (`signal`)
+    or sees a non-finite loss (`nan`) after 3 steps. What it raised goes to `out`."""
+    import os
+
+    from budgetssl.engine import distributed, signals
+    from budgetssl.engine.checkpoint import Checkpoints
+    from budgetssl.engine.loop import NonFiniteLoss, train
+    from budgetssl.engine.signals import Interrupted
+    from budgetssl.meter.budget import StepBudget
+    from test_budget import SETTINGS, NanAt, Regression, batches
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = distributed.start("cpu")
+    torch.manual_seed(0)  # the same weights on both ranks
+    task = NanAt(3) if case == "nan" and rank == 1 else Regression()
+    if case == "signal" and rank == 1:
+        signals.requested = lambda: "SIGTERM" if len(task.fractions) >= 3 else None
+    checkpoints = Checkpoints(Path(folder) / "checkpoints", every=None, write=world.is_main)
+    settings = replace(SETTINGS, log_every=100)
+    try:
+        train(task, batches(8), settings, StepBudget(50), checkpoints=checkpoints, distributed=True)
+        out.put((rank, "completed", None))
+    except Interrupted as e:
+        out.put((rank, "interrupted", e.step))
+    except NonFiniteLoss as e:
+        out.put((rank, "nonfinite", e.step))
+    finally:
+        distributed.stop()
+
+
+@pytest.mark.parametrize("case", ["signal", "nan"])
+def test_ranks_agree_on_stopping_when_only_one_is_asked_or_sees_a_non_finite_loss(case, tmp_path):
+    """A stop signal or a non-finite loss on one rank stops every rank after the same step, with the
+    losses read only on logged steps (here: none before the end) and the vote riding on each step's price."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=stop_worker, args=(r, str(tmp_path), port, case, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    results = sorted(out.get(timeout=5) for _ in procs)
+    kinds, steps = {r[1] for r in results}, {r[2] for r in results}
+    if case == "signal":
+        # Rank 1 is asked after its 3rd step; its vote rides on the 4th step's price; all stop after it.
+        assert kinds == {"interrupted"} and steps == {4}
+        assert (tmp_path / "checkpoints" / "step_000000004.pt").is_file()
+    else:
+        assert kinds == {"nonfinite"} and steps == {3}  # found at the read before the end, at its step
+        assert not list((tmp_path / "checkpoints").glob("step_*.pt"))
 
 
 if __name__ == "__main__":  # a torchrun worker: python tests/test_ddp.py RUN_FOLDER OVERRIDE...

@@ -61,6 +61,15 @@ def test_run_record_holds_the_contract(pretrained):
     assert record["energy_kwh"] > 0 and record["co2_kg"] > 0
     assert record["energy_method"] in ("RAPL", "NVML", "estimate") and "codecarbon" in record["energy_detail"]
     assert record["co2_kg_estimated"] > 0 and record["hardware_model"]["name"]
+    # Where the pretraining's time went, and how much of the CPU's measured peak it used.
+    wall = record["pretrain_wall_seconds"]
+    assert 0 <= record["data_wait_share"] < 1
+    assert 0 < record["meter_seconds"] < wall
+    assert record["checkpoint_count"] == 1 and 0 < record["checkpoint_seconds"] < wall
+    assert record["achieved_flops_per_s"] == pytest.approx(record["train_flops"] / wall)
+    assert record["peak_source"].startswith("measured") and "1 thread" in record["peak_source"]
+    assert record["mfu"] == pytest.approx(record["achieved_flops_per_s"] / record["peak_flops_per_s"])
+    assert 0 < record["mfu"] < 1
     scores = json.loads((folder / record["transfer_scores"]).read_text())
     assert len(scores["per_class_iou"]) == len(scores["class_names"]) == 6
     assert (folder / ".hydra" / "config.yaml").is_file()

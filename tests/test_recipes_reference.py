@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.engine.trainer import Trainer, to_device
+from budgetssl.methods.augment import Augment
 from budgetssl.methods.heads import WeightNormLinear
 from budgetssl.methods.zoo.mae import sincos_pos_embed
 from budgetssl.stages.pretrain import build, loop_settings
@@ -394,13 +395,12 @@ def test_crops_resample_as_the_reference_does(method, interpolation):
     name = method.split("/")[-1]
     extra = [*small(name)[1:], "backbone=resnet18"] if "/" in method else small(method)[1:]
     model, _ = build(run_config(*TINY, f"method={method}", *extra))
-    views = model.views()
-    transforms = [*getattr(views, "groups", {}).values()] or [[views.transform]]
+    pipelines = [
+        t.transform() if isinstance(t, Augment) else t
+        for group in model.views().groups().values()
+        for t in group
+    ]
     crops = [
-        t
-        for group in transforms
-        for compose in group
-        for t in compose.transforms
-        if isinstance(t, v2.RandomResizedCrop)
+        op for p in pipelines for op in getattr(p, "transforms", []) if isinstance(op, v2.RandomResizedCrop)
     ]
     assert crops and {c.interpolation for c in crops} == {v2.InterpolationMode[interpolation.upper()]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from budgetssl.data.base import build_dataset
@@ -74,3 +75,27 @@ def test_the_labelled_object_is_the_largest_and_fills_much_of_the_frame():
         assert MAIN_RADIUS[0] * n <= main.radius <= MAIN_RADIUS[1] * n
         assert all(o.radius < main.radius for o in others)
         assert (s.mask == 1 + SHAPES.index(main.kind)).mean() > 0.08  # a small triangle: about 0.1
+
+
+def test_rendered_scenes_are_stored_once_and_read_back_as_they_were(tmp_path, monkeypatch):
+    from budgetssl.data.sets import synthetic
+
+    first = synthetic.SceneCache(folder=tmp_path)
+    got = first(0, "train", 130, 16, 3)
+    expected = scene(0, "train", 130, 16, 3)
+    assert np.array_equal(got.image, expected.image) and np.array_equal(got.mask, expected.mask)
+    assert (got.label, got.caption) == (expected.label, expected.caption)
+    files = list(tmp_path.rglob("*.npz"))
+    assert len(files) == 1 and files[0].name == f"{128:09d}.npz"  # the chunk of scenes 128-255
+    # Another process (a fresh cache) reads the file and renders nothing.
+    monkeypatch.setattr(synthetic.Chunk, "render", classmethod(lambda *a: pytest.fail("rendered again")))
+    again = synthetic.SceneCache(folder=tmp_path)(0, "train", 131, 16, 3)
+    assert np.array_equal(again.image, scene(0, "train", 131, 16, 3).image)
+    monkeypatch.undo()
+    # Other settings are another file; a damaged file is rendered and written again.
+    synthetic.SceneCache(folder=tmp_path)(0, "train", 130, 24, 3)
+    assert len(list(tmp_path.rglob("*.npz"))) == 2
+    files[0].write_bytes(b"not an npz")
+    healed = synthetic.SceneCache(folder=tmp_path)(0, "train", 130, 16, 3)
+    assert np.array_equal(healed.image, expected.image)
+    assert synthetic.Chunk.load(files[0], 16) is not None

@@ -187,11 +187,19 @@ def check_values(run: RunConfig) -> None:
     _require(0 <= t.warmup_fraction < 1, f"train.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null")
     check_recipe(t)
-    _require(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    _require(
+        t.num_workers == "auto"
+        or (isinstance(t.num_workers, int) and not isinstance(t.num_workers, bool) and t.num_workers >= 0),
+        f"train.num_workers must be an integer >= 0 or auto, got {t.num_workers!r}",
+    )
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _require(
         t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
         f"train.checkpoint_every_steps must be >= 1 or null, got {t.checkpoint_every_steps}",
+    )
+    _require(
+        t.peak_flops_per_s is None or t.peak_flops_per_s > 0,
+        f"train.peak_flops_per_s must be > 0 or null, got {t.peak_flops_per_s}",
     )
     _require(run.dataset.image_size >= 8, f"dataset.image_size must be >= 8, got {run.dataset.image_size}")
     _require(e.measure_power_secs > 0, "energy.measure_power_secs must be > 0")

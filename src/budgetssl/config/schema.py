@@ -27,6 +27,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class AugmentOn(StrEnum):
+    auto = "auto"  # device where the method's views batch and no worker processes run them, else loader
+    loader = "loader"  # per sample with torchvision v2 in the data path (data-loader workers)
+    device = "device"  # on whole batches on the training device (methods/batched.py)
+
+
 class LrScaling(StrEnum):
     linear = "linear"  # base_lr * B / ref
     sqrt = "sqrt"  # base_lr * sqrt(B / ref)
@@ -83,10 +89,15 @@ class TrainConfig:
     drop_path: float = MISSING  # stochastic depth rate of the pretrained backbone
     precision: Precision = MISSING  # fp32 | bf16 | fp16
     device: Device = MISSING  # auto | cpu | cuda
-    num_workers: int = MISSING
+    tf32: bool = MISSING  # CUDA: fp32 matmuls and convolutions on TF32 tensor cores; no effect on CPU
+    fused_optimizer: bool = MISSING  # CUDA: the optimizer's fused kernels where torch has them (AdamW, SGD)
+    compile: bool = MISSING  # torch.compile the task's forward (FLOPs still measured on the eager step)
+    num_workers: Any = MISSING  # data-loader worker processes: a number, or auto (per device, data/loader.py)
+    augment_on: AugmentOn = MISSING  # auto | loader | device: where the method's views run
     log_every: int = MISSING
     progress: bool = MISSING
     checkpoint_every_steps: int | None = MISSING  # also on SIGTERM/SIGUSR1 and at the end; null: only those
+    peak_flops_per_s: float | None = MISSING  # one device's peak (the record's mfu); null: looked up/measured
 
 
 @dataclass

@@ -19,6 +19,7 @@ VOLATILE: tuple[str, ...] = (
     "train.log_every",
     "train.num_workers",
     "train.checkpoint_every_steps",
+    "train.peak_flops_per_s",  # only what the record's mfu divides by
     "energy.track",  # metering energy with codecarbon, beside the run
     "energy.measure_power_secs",
 )

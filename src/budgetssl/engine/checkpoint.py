@@ -4,6 +4,11 @@ A checkpoint holds only tensors and plain containers (the training state is asse
 torch's restricted unpickler loads it and a file carrying any other Python object (a pickle payload that
 would run code) is refused, never executed. The newest two are kept while training and the newest one
 when training completes; an unreadable newest file falls back to the one before it, with a warning.
+
+Saving does not stall training for the write (`background`, the default): the state is copied to host
+memory (the only part training waits for) and a background thread writes the copy, atomically as
+ever; one write at a time (the next save, and the end of training, wait for the one under way), and an
+error writing it (a full disk) is raised there.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import pickle
 import re
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +36,13 @@ REQUIRED = ("format", "step", "spent", "plan", "model", "optimizer")
 # Settings that may differ between an interrupted run and its resumption: the keys that cannot change a
 # result (config/volatile.py, the list the run folder's name also leaves out), extended by what the
 # pretraining state in a checkpoint does not depend on: the device (a checkpoint is read onto the CPU and
-# moved), the energy section (how energy is metered, the CO2 estimate's hardware model and grid) and the
-# transfer section (it runs after pretraining, from the finished backbone).
-MAY_CHANGE: tuple[str, ...] = (*VOLATILE, "train.device", "energy", "transfer")
+# moved) and how the device runs the same arithmetic (TF32, the optimizer's kernels, torch.compile), the
+# energy section (how energy is metered, the CO2 estimate's hardware model and grid) and the transfer
+# section (it runs after pretraining, from the finished backbone).
+HOW_IT_RUNS: tuple[str, ...] = ("train.device", "train.tf32", "train.fused_optimizer", "train.compile")
+MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy", "transfer")
+# A transfer's (or probe's) checkpoint depends on the transfer section too.
+TRANSFER_MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy")
 
 
 class CheckpointError(BudgetSSLError):
@@ -52,6 +62,39 @@ def tensor_bytes(tree: Any) -> int:
     if isinstance(tree, (list, tuple)):
         return sum(tensor_bytes(v) for v in tree)
     return 0
+
+
+def host_copy(tree: Any) -> Any:
+    """`tree` (dicts, lists, tuples) with every tensor copied to host memory: what a write in the
+    background may read while training goes on changing the originals in place."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: host_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(host_copy(v) for v in tree)
+    return tree
+
+
+class Writing:
+    """One checkpoint written by a background thread; `join` waits for it and raises what it raised."""
+
+    def __init__(self, write: Any, *args: Any) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self.run, args=(write, *args), name="budgetssl-checkpoint")
+        self.thread.start()
+
+    def run(self, write: Any, *args: Any) -> None:
+        try:
+            write(*args)
+        except BaseException as e:  # handed to the training thread by join
+            self.error = e
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def write_atomically(path: Path, state: dict[str, Any]) -> None:
@@ -114,15 +157,18 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+def check_same_config(
+    saved: dict[str, Any], current: dict[str, Any], path: Path, may_change: tuple[str, ...] = MAY_CHANGE
+) -> None:
     """A checkpoint resumes only the run it came from: same method, data, budget, batch, seed..."""
     a, b = flatten(saved), flatten(current)
-    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not covered(k, MAY_CHANGE))
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not covered(k, may_change))
     if differ:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:3])
         more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        run = next((p.parent for p in path.parents if p.name == FOLDER), path.parent)
         raise ConfigError(
-            f"the run folder {path.parent.parent} holds a checkpoint of another config ({shown}{more}); "
+            f"the run folder {run} holds a checkpoint of another config ({shown}{more}); "
             f"run the same command to resume it, or pick a new hydra.run.dir"
         )
 
@@ -136,6 +182,9 @@ class Checkpoints:
     config: dict[str, Any] = field(default_factory=dict)  # the run's config, checked on resume
     write: bool = True
     keep: int = 2
+    may_change: tuple[str, ...] = MAY_CHANGE  # config keys a resumption may change (TRANSFER_MAY_CHANGE)
+    background: bool = True  # write in a background thread (training waits only for a host copy)
+    writing: Writing | None = field(default=None, init=False, repr=False, compare=False)
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0  # type: ignore[operator]
@@ -148,11 +197,26 @@ class Checkpoints:
         return [p for _, p in sorted(found, reverse=True)]
 
     def save(self, state: dict[str, Any]) -> Path:
+        """Write `state` as the checkpoint of its step (in the background: `wait` for it to be on disk)."""
         path = self.folder / checkpoint_name(state["step"])
         if self.write:
-            write_atomically(path, {**state, "format": FORMAT, "config": self.config})
-            self.prune(self.keep)
+            self.wait()  # one write at a time, and the previous one's error raised before the next
+            full = {**state, "format": FORMAT, "config": self.config}
+            if self.background:
+                self.writing = Writing(self.write_and_prune, path, host_copy(full))
+            else:
+                self.write_and_prune(path, full)
         return path
+
+    def write_and_prune(self, path: Path, state: dict[str, Any]) -> None:
+        write_atomically(path, state)
+        self.prune(self.keep)
+
+    def wait(self) -> None:
+        """Until the checkpoint being written (if any) is on disk; raises what writing it raised."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            writing.join()
 
     def prune(self, keep: int) -> None:
         if not self.write:
@@ -171,7 +235,7 @@ class Checkpoints:
             except CheckpointError as e:
                 problems.append(str(e))
                 continue
-            check_same_config(state.get("config", {}), self.config, path)
+            check_same_config(state.get("config", {}), self.config, path, self.may_change)
             if problems:
                 warnings.warn(f"{'; '.join(problems)}; resuming from the older {path}", stacklevel=2)
             return path, state

@@ -4,6 +4,10 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (under submitit 
 SLURM's); without them (or with WORLD_SIZE=1) everything here is a no-op and the run is one process.
 `train.batch_size` is the global batch: each rank takes batch_size / world_size of it, and the FLOPs of a
 step are the sum of every rank's measured share, so a budget buys the same steps on 1 process or on 64.
+
+Collectives of host values (flags, counts, Python objects) go over a CPU (gloo) group beside NCCL's, so
+agreeing on a flag never waits for the GPU's queue to drain; only tensors the device made (losses,
+gradients) travel over the device's group.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class World:
     local_rank: int = 0
     local_size: int = 1
     device: torch.device = torch.device("cpu")
+    host_group: Any = None  # the CPU (gloo) group for host values; None: the default group (gloo on CPU)
 
     @property
     def distributed(self) -> bool:
@@ -55,11 +60,11 @@ class World:
     def nodes(self) -> int:
         return max(1, self.size // max(1, self.local_size))
 
-    def local_batch(self, global_batch: int) -> int:
+    def local_batch(self, global_batch: int, option: str = "train.batch_size") -> int:
         """This rank's share of the global batch; a remainder would change the budget's meaning."""
         if global_batch % self.size:
             raise ConfigError(
-                f"train.batch_size={global_batch} is the global batch and must be divisible by the "
+                f"{option}={global_batch} is the global batch and must be divisible by the "
                 f"{self.size} processes (world size); use a multiple of {self.size}"
             )
         return global_batch // self.size
@@ -69,33 +74,35 @@ class World:
     def sum_ints(self, values: list[int]) -> list[int]:
         if not self.distributed or not values:
             return list(values)
-        t = torch.tensor(values, dtype=torch.int64, device=self.device)
-        dist.all_reduce(t)
+        t = torch.tensor(values, dtype=torch.int64)
+        dist.all_reduce(t, group=self.host_group)
         return [int(v) for v in t.tolist()]
 
     def any(self, flag: bool) -> bool:
-        if not self.distributed:
-            return flag
-        t = torch.tensor([int(flag)], dtype=torch.int32, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return self.any_of(flag)[0]
 
-    def step_sync(self, loss: torch.Tensor, stop: bool) -> tuple[float, bool]:
-        """One collective per step: the loss averaged over ranks (what a single process on the global
-        batch logs) and whether any rank was asked to stop, so every rank stops after the same step."""
+    def any_of(self, *flags: bool) -> tuple[bool, ...]:
+        """For each flag, whether it is set on any rank: one host collective, however many flags."""
         if not self.distributed:
-            return float(loss), stop
-        value = loss.detach().double().reshape(())
-        t = torch.stack([value, value.new_tensor(float(stop))]).to(self.device)
-        dist.all_reduce(t)
-        return float(t[0]) / self.size, bool(t[1] > 0)
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.host_group)
+        return tuple(bool(v) for v in t.tolist())
+
+    def gather_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's `t` (same shape on each, on this rank's device), stacked in rank order."""
+        if not self.distributed:
+            return t.unsqueeze(0)
+        out = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(out, t.contiguous())
+        return torch.stack(out)
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
         if not self.distributed:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.host_group)
         return box[0]
 
     def gather(self, obj: Any) -> list[Any]:
@@ -103,7 +110,7 @@ class World:
         if not self.distributed:
             return [obj]
         out: list[Any] = [None] * self.size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.host_group)
         return out
 
     def barrier(self) -> None:
@@ -156,7 +163,8 @@ def start(device: str = "auto", timeout_minutes: float = 30.0) -> World:
             timeout=timedelta(minutes=timeout_minutes),
             **({"device_id": where} if cuda else {}),
         )
-    _WORLD = World(rank, size, local_rank, env_int("LOCAL_WORLD_SIZE", size), where)
+    host_group = dist.new_group(backend="gloo") if cuda else None  # every rank creates it, in order
+    _WORLD = World(rank, size, local_rank, env_int("LOCAL_WORLD_SIZE", size), where, host_group)
     return _WORLD
 
 
@@ -216,11 +224,12 @@ def wrap(task: nn.Module, world: World, find_unused: bool) -> nn.Module:
 
 
 def sync_batch_norm(module: nn.Module, world: World) -> nn.Module:
-    """Batch statistics over the global batch (as on one process) where torch supports it: on CUDA.
-
-    On CPU (gloo) SyncBatchNorm is unavailable; batch norm then normalises over each rank's share and
-    DDP copies rank 0's running statistics to every rank before each forward.
-    """
-    if world.distributed and world.device.type == "cuda":
+    """Batch statistics over the global batch, as on one process: torch's SyncBatchNorm on CUDA; on CPU
+    (gloo), where torch's needs a GPU, engine/sync_norm.py's GlobalBatchNorm."""
+    if not world.distributed:
+        return module
+    if world.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return module
+    from budgetssl.engine.sync_norm import global_batch_norm
+
+    return global_batch_norm(module)

@@ -5,37 +5,39 @@ prices every step with the meter before spending it (engine.metering), checkpoin
 a Checkpointer (engine.state) and stops on a preemption signal (engine.signals) after saving. Under
 torchrun the loss is averaged over ranks and the decision to stop (budget spent, a signal, a non-finite
 loss) is the same on every rank.
+
+Nothing in a step waits for the device: losses stay on it until a logged step, a checkpoint or the end
+reads them (engine.losses, which also stops the run at the first non-finite one, with its step), and a
+checkpoint is written in the background. Where the wall time went (data, metering, checkpoints) is
+kept in the state and returned.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from budgetssl.engine import signals
 from budgetssl.engine.checkpoint import Checkpoints
 from budgetssl.engine.distributed import World, check_in_sync, current
+from budgetssl.engine.losses import LossReader, NonFiniteLoss
 from budgetssl.engine.metering import first_step, price
 from budgetssl.engine.progress import Progress
 from budgetssl.engine.recipe import ParamCounts
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.signals import Interrupted
-from budgetssl.engine.state import Checkpointer, RunState
-from budgetssl.engine.task import Task
+from budgetssl.engine.state import Checkpointer, RunState, Timing
+from budgetssl.engine.task import Task, host_values
 from budgetssl.engine.trainer import Trainer, to_device
-from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import Budget, Plan
 from budgetssl.meter.step_meter import StepMeter
 from budgetssl.record.metrics import MetricsLog
 
-
-class NonFiniteLoss(BudgetSSLError):
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"loss is {loss} at step {step}; lower the learning rate or check the data")
-        self.step = step
+__all__ = ["LoopResult", "NonFiniteLoss", "logged", "train"]
 
 
 @dataclass
@@ -51,11 +53,44 @@ class LoopResult:
     resumed_from_step: int = 0  # 0: this run was never interrupted (or restarted from scratch)
     world_size: int = 1
     param_counts: ParamCounts | None = None  # trained parameters with and without weight decay
+    timing: Timing | None = None  # where the wall time went (every attempt)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where it trained
+    loss_reads: int = 0  # host reads of the loss in this attempt (each one transfer)
+    runtime: dict[str, Any] = field(default_factory=dict)  # how the steps ran: Trainer.runtime()
+
+    @property
+    def data_wait_share(self) -> float:
+        """The fraction of the training wall time spent waiting for data."""
+        return self.timing.data / self.wall_seconds if self.timing and self.wall_seconds > 0 else 0.0
+
+    @property
+    def meter_seconds(self) -> float:
+        return self.timing.meter_seconds(self.wall_seconds, self.steps) if self.timing else 0.0
 
 
 def logged(step: int, every: int, last: int) -> bool:
     """Whether step `step` gets a metrics row: the first, every `every`-th and the last."""
     return step == 1 or step % every == 0 or step == last
+
+
+class Window:
+    """The steps since the last metrics row: their mean step and data seconds, for the next row. Means
+    over the window are exact with an asynchronous device, where one step's host time is not its own."""
+
+    def __init__(self, state: RunState, now: float) -> None:
+        self.reset(state, now)
+
+    def reset(self, state: RunState, now: float) -> None:
+        self.start, self.step = now, state.step
+        self.data, self.checkpoint = state.timing.data, state.timing.checkpoint
+
+    def row(self, state: RunState, now: float) -> dict[str, float]:
+        steps = max(1, state.step - self.step)
+        data = state.timing.data - self.data
+        other = now - self.start - data - (state.timing.checkpoint - self.checkpoint)
+        timing = {"step_seconds": other / steps, "data_seconds": data / steps}
+        self.reset(state, now)
+        return timing
 
 
 def train(
@@ -79,6 +114,7 @@ def train(
     meter = StepMeter()
     saver = Checkpointer(checkpoints, trainer, meter, batches)
     progress = Progress(settings.progress and world.is_main, label)
+    losses = LossReader(world)
     state = saver.resume() or RunState(lr=settings.recipe.lr)
     resumed_from = state.step
     if log is not None:
@@ -89,41 +125,58 @@ def train(
         progress.update(state.step, state.spent, state.loss)
     task.train()
     state.started = tick = time.perf_counter()
+    window = Window(state, tick)
     try:
         while state.plan is None or state.step < state.plan.steps:
             batch = to_device(next(batches), trainer.device)
-            data_seconds = time.perf_counter() - tick
+            ready = time.perf_counter()
+            state.timing.data += ready - tick
             fraction = state.fraction
             lr = trainer.schedule(fraction)
-            if state.plan is None:
+            metered = state.plan is None
+            if metered:
                 first = first_step(trainer, meter, budget, batch, fraction)
                 loss, logs, cost = first.loss, first.logs, first.cost
                 state.first, state.plan = first.cost, first.plan
                 progress.start(state.plan.steps, state.plan.budget_flops)
+                stop = False  # under torchrun the first vote comes with the next step's price
             else:
-                cost = price(trainer, meter, batch, state.first)  # type: ignore[arg-type]
+                priced = price(trainer, meter, batch, state.first, signals.requested() is not None)  # type: ignore[arg-type]
+                cost, stop = priced.cost, priced.stop
+                state.timing.probes += priced.seconds
                 if state.spent + cost.total > state.plan.budget_flops:
                     break
                 loss, logs = trainer.step(batch, None, fraction)
+            if not world.distributed:  # one process stops as soon as it is asked; ranks when one voted
+                stop = signals.requested() is not None
             state.spent += cost.total
             state.step += 1
-            loss_value, stop = world.step_sync(loss, signals.requested() is not None)
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(state.step - 1, loss_value)
-            if state.step == 1:
-                state.first_loss = loss_value
-            state.loss, state.lr, state.logs = loss_value, lr, logs
+            losses.add(loss, state.step)
+            state.lr, state.logs = lr, logs
+            save = stop or saver.due(state.step)
+            if save or losses.full or logged(state.step, settings.log_every, state.plan.steps):
+                # The host reads the losses (a non-finite one ends the run here, with its step), and
+                # before a checkpoint the weights are checked too: none holds non-finite weights.
+                state.losses(losses.read(state.step, trainer.params if save else None))
             now = time.perf_counter()
+            if metered:
+                state.timing.first_step += now - ready
             if log is not None and logged(state.step, settings.log_every, state.plan.steps):
-                row = {"stage": label, "step": state.step, "flops": state.spent, "loss": loss_value, "lr": lr}
-                timing = {"step_seconds": now - tick - data_seconds, "data_seconds": data_seconds}
-                log.write(row | timing | logs)
-            progress.update(state.step, state.spent, loss_value)
-            tick = now
-            path = saver.save(state) if stop or saver.due(state.step) else None
+                row = {"stage": label, "step": state.step, "flops": state.spent, "loss": state.loss, "lr": lr}
+                log.write(row | window.row(state, now) | host_values(logs))
+            progress.update(state.step, state.spent, state.loss)
+            path = saver.save(state, wait=stop) if save else None
             if stop:
                 world.barrier()  # rank 0's checkpoint is on disk before any rank exits
                 raise Interrupted(signals.requested() or "a stop signal on another rank", state.step, path)
+            tick = time.perf_counter()
+        # The last step's loss (read already unless the budget ended the plan early), and a check
+        # before the final checkpoint.
+        final_save = checkpoints is not None and saver.saved_at != state.step
+        state.losses(losses.read(state.step, trainer.params if final_save else None))
+    except BaseException:
+        saver.abandon()
+        raise
     finally:
         progress.close()
     assert state.plan is not None and state.first is not None
@@ -141,4 +194,8 @@ def train(
         resumed_from_step=resumed_from,
         world_size=world.size,
         param_counts=trainer.param_counts,
+        timing=state.timing,
+        device=trainer.device,
+        loss_reads=losses.reads,
+        runtime=trainer.runtime(),
     )

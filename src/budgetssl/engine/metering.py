@@ -8,6 +8,7 @@ those of the global batch; each function here is a collective that every rank ca
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +62,32 @@ def first_step(
     return FirstStep(loss, logs, cost, plan)
 
 
-def price(trainer: Trainer, meter: StepMeter, batch: dict[str, Any], first: StepCost) -> StepCost:
+@dataclass
+class Price:
+    """A step's cost, whether any rank voted to stop, and the seconds spent measuring a new shape."""
+
+    cost: StepCost
+    stop: bool = False
+    seconds: float = 0.0
+
+
+def price(
+    trainer: Trainer, meter: StepMeter, batch: dict[str, Any], first: StepCost, stop: bool = False
+) -> Price:
     """The cost of a step on `batch`: known from its shape, or (on every rank, so the sum is global)
-    measured now on a copy of the task."""
+    measured now on a copy of the task. Under torchrun the one host collective this makes (never a
+    device synchronisation) also carries this rank's vote to `stop`, so every rank learns whether any
+    was asked to stop and stops after the same step."""
     cost = meter.known(batch)
-    if trainer.world.any(cost is None):
-        cost = meter.record(batch, probe(trainer, batch, first))
-    assert cost is not None
-    return cost
+    unknown, stop = trainer.world.any_of(cost is None, stop)
+    if not unknown:
+        assert cost is not None
+        return Price(cost, stop)
+    start = time.perf_counter()
+    cost = meter.record(batch, probe(trainer, batch, first))
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize(trainer.device)  # the probe's own time (a new shape is rare)
+    return Price(cost, stop, time.perf_counter() - start)
 
 
 def probe(trainer: Trainer, batch: dict[str, Any], first: StepCost) -> PassCounter:

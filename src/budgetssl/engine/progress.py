@@ -26,7 +26,7 @@ class Progress:
         self.bar = tqdm(total=steps, desc=self.label, unit="step", disable=disable, dynamic_ncols=True)
 
     def update(self, steps_done: int, flops: int, loss: float) -> None:
-        if self.bar is None:
+        if self.bar is None or self.bar.disable:  # no bar shown: nothing to format (once per step)
             return
         self.bar.set_postfix_str(f"FLOPs {si(flops)}/{si(self.budget)}, loss {loss:.4f}", refresh=False)
         self.bar.update(steps_done - self.bar.n)

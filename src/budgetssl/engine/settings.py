@@ -13,6 +13,9 @@ class LoopSettings:
     recipe: Recipe
     precision: str = "fp32"
     device: str = "auto"
+    tf32: bool = True  # CUDA only (engine/precision.py)
+    fused_optimizer: bool = True  # CUDA only (engine/trainer.py)
+    compile: bool = False  # torch.compile the task's forward; the metered steps run eager
     log_every: int = 10
     progress: bool = True
 
@@ -24,6 +27,9 @@ class LoopSettings:
             recipe=recipe if recipe is not None else Recipe.from_train(t),
             precision=t.precision,
             device=t.device,
+            tf32=t.tf32,
+            fused_optimizer=t.fused_optimizer,
+            compile=t.compile,
             log_every=t.log_every,
             progress=t.progress,
         )

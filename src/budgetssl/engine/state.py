@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +19,7 @@ from budgetssl.engine import rng
 from budgetssl.engine.checkpoint import CheckpointError, Checkpoints
 from budgetssl.engine.distributed import World
 from budgetssl.engine.schedule import step_fraction
+from budgetssl.engine.task import host_values
 from budgetssl.engine.trainer import Trainer
 from budgetssl.meter.budget import Plan
 from budgetssl.meter.step_meter import StepCost, StepMeter
@@ -34,6 +36,26 @@ class Resumable(Protocol):
 
 
 @dataclass
+class Timing:
+    """Where training's wall time went, over every attempt of the run (seconds; saved in checkpoints)."""
+
+    data: float = 0.0  # waiting for the next batch (the loader, and views made as it hands a batch out)
+    first_step: float = 0.0  # the metered first step, until its loss was on the host
+    probes: float = 0.0  # measuring a new input shape on a throwaway copy of the task
+    checkpoint: float = 0.0  # training stopped for checkpoints (a host copy, or waiting for a write)
+    checkpoints: int = 0  # checkpoints saved
+
+    def meter_seconds(self, wall: float, steps: int) -> float:
+        """Time spent measuring FLOPs: every probe, and what the metered first step took beyond an
+        ordinary step (the mean of the others; with no other step, all of it). An upper bound: the
+        first step's one-off warm-up (allocations, kernel choice) counts as metering."""
+        if steps <= 1:
+            return self.probes + self.first_step
+        ordinary = max(0.0, wall - self.data - self.checkpoint - self.probes - self.first_step) / (steps - 1)
+        return self.probes + max(0.0, self.first_step - ordinary)
+
+
+@dataclass
 class RunState:
     """What the loop has done so far."""
 
@@ -46,7 +68,15 @@ class RunState:
     lr: float = math.nan
     logs: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0  # training wall time of earlier attempts of this run
+    timing: Timing = field(default_factory=Timing)  # where the wall time went, this attempt included
     started: float = field(default_factory=time.perf_counter)  # this attempt's start (not saved)
+
+    def losses(self, read: list[tuple[int, float]]) -> None:
+        """Take the losses just read on the host, (step, value) pairs: the first step's, the latest."""
+        if read and read[0][0] == 1:
+            self.first_loss = read[0][1]
+        if read:
+            self.loss = read[-1][1]
 
     @property
     def fraction(self) -> float:
@@ -73,8 +103,9 @@ def snapshot(
             "first_loss": state.first_loss,
             "loss": state.loss,
             "lr": state.lr,
-            "logs": dict(state.logs),
+            "logs": host_values(state.logs),
             "seconds": state.wall_seconds(),
+            "timing": asdict(state.timing),
         },
         "model": trainer.task.state_dict(),
         **trainer.state_dict(),
@@ -107,6 +138,7 @@ def restore(
         lr=progress["lr"],
         logs=dict(progress["logs"]),
         seconds=float(progress["seconds"]),
+        timing=Timing(**progress.get("timing", {})),  # absent from checkpoints written before it
     )
 
 
@@ -137,19 +169,37 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return self.checkpoints is not None and self.checkpoints.due(step)
 
-    def save(self, state: RunState) -> str | None:
-        """Save now (every rank calls it; rank 0 writes); the path, or None without checkpoints."""
+    def save(self, state: RunState, wait: bool = False) -> str | None:
+        """Save now (every rank calls it; rank 0 writes, in the background unless `wait`); the path, or
+        None without checkpoints. The time training stood still for it goes into `state.timing`."""
         if self.checkpoints is None:
             return None
+        start = time.perf_counter()
+        state.timing.checkpoints += 1
         path = self.checkpoints.save(snapshot(state, self.trainer, self.meter, self.batches, self.world))
+        if wait:
+            self.checkpoints.wait()
+        state.timing.checkpoint += time.perf_counter() - start
         self.saved_at = state.step
         return str(path)
 
     def finish(self, state: RunState) -> None:
-        """Save the final state (unless just saved) and keep only it: a re-run (or budgetssl-run's
-        transfer) resumes at the end."""
+        """Save the final state (unless just saved), wait until it is on disk, and keep only it: a re-run
+        (or budgetssl-run's transfer) resumes at the end."""
         if self.checkpoints is None:
             return
         if self.saved_at != state.step:
-            self.save(state)
+            self.save(state, wait=True)
+        start = time.perf_counter()
+        self.checkpoints.wait()
+        state.timing.checkpoint += time.perf_counter() - start
         self.checkpoints.prune(keep=1)
+
+    def abandon(self) -> None:
+        """Training failed: let a write under way finish (its own error, if any, is not the failure's)."""
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.wait()
+        except Exception as e:  # the training error is the one to report
+            warnings.warn(f"the last checkpoint was not written: {e}", stacklevel=2)

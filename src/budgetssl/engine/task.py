@@ -16,10 +16,17 @@ from torch import nn
 
 @dataclass
 class StepOutput:
-    """One forward pass of a task: the loss to minimise and values to log."""
+    """One forward pass of a task: the loss to minimise and values to log. A value to log may be a
+    tensor (e.g. an accuracy): the loop reads it on the host only on steps it logs, so a step never
+    waits for the device to report it."""
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+
+def host_values(logs: dict[str, Any]) -> dict[str, Any]:
+    """Logged values as numbers on the host (a tensor read here: a synchronisation on a GPU)."""
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
 
 
 class Task(nn.Module):

@@ -2,16 +2,23 @@
 
 Trainable parameters are the ones with requires_grad; a task may group them itself (`param_groups`),
 otherwise the recipe's rule says which skip weight decay.
+
+The GPU path: bf16/fp16 autocast and TF32 (engine/precision.py), the optimizer's fused kernels on CUDA
+(`train.fused_optimizer`), channels-last tensors where the task slides convolutions over images (a CNN
+backbone, a convolutional head) on CUDA, and `train.compile` (torch.compile of the task's forward, under
+DDP's wrapper when distributed). The metered first step and the shape probes always run the task eagerly:
+FLOPs are counted on the uncompiled ops, whatever runs the other steps.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, get_optimizer_info
 from torch import nn
 
 from budgetssl.engine.distributed import World, all_reduce_gradients, wrap
@@ -22,10 +29,51 @@ from budgetssl.engine.task import Task
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.counter import PassCounter
 
+# torch.compile's options for `train.compile=true` (inductor, torch's default); tests choose a backend
+# that needs no C++ compiler here.
+COMPILE_OPTIONS: dict[str, Any] = {}
+
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
+
+
+def optimizer_impl(name: str, device: torch.device, fused: bool) -> tuple[str, dict[str, Any]]:
+    """Which kernels the optimizer `name` (timm's name) runs on `device`, and the options that pick them:
+    `fused` (one kernel updates every parameter: torch's AdamW, Adam and SGD) on CUDA when asked for and
+    the optimizer has it; else `foreach` (batched over parameters: what torch's optimizers and timm's LARS
+    and LAMB choose themselves on CUDA where they have it); else `for-loop` (one parameter at a time:
+    torch's choice on CPU)."""
+    try:
+        accepts = inspect.signature(get_optimizer_info(name.lower().split("_")[-1]).opt_class).parameters
+    except (ValueError, KeyError, TypeError):  # an unknown name: create_optimizer_v2 says so
+        return "for-loop", {}
+    if device.type == "cuda" and fused and "fused" in accepts:
+        return "fused", {"fused": True}
+    if device.type == "cuda" and "foreach" in accepts:
+        return "foreach", {}  # the optimizer's own default there
+    return "for-loop", {}
+
+
+def slides_convolutions(module: nn.Module) -> bool:
+    """Whether `module` slides 2-d convolutions over images (kernel above 1, stride below the kernel: a
+    CNN, a convolutional head), which run faster on channels-last tensors on CUDA; a ViT's patch
+    embedding (stride = kernel) and 1x1 convolutions do not count."""
+    return any(
+        isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 and tuple(m.stride) != tuple(m.kernel_size)
+        for m in module.modules()
+    )
+
+
+def channels_last(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch's images (4-d floating tensors) in channels-last memory format; the rest as it is."""
+    return {
+        k: v.contiguous(memory_format=torch.channels_last)
+        if isinstance(v, torch.Tensor) and v.dim() == 4 and v.is_floating_point()
+        else v
+        for k, v in batch.items()
     }
 
 
@@ -38,7 +86,13 @@ class Trainer:
         self.world = world or World()
         self.device = self.world.device if self.world.distributed else resolve_device(settings.device)
         self.task = task.to(self.device)
-        self.precision = Precision(settings.precision, self.device)
+        self.precision = Precision(settings.precision, self.device, settings.tf32)
+        self.channels_last = self.device.type == "cuda" and slides_convolutions(task)
+        if self.channels_last:
+            self.task.to(memory_format=torch.channels_last)
+        self.optimizer_impl, impl_options = optimizer_impl(
+            recipe.optimizer, self.device, settings.fused_optimizer
+        )
         groups = task.param_groups(recipe.weight_decay)
         if groups is None:
             groups = param_groups(task, recipe.weight_decay, recipe.no_weight_decay)
@@ -49,11 +103,12 @@ class Trainer:
             lr=recipe.lr,
             weight_decay=recipe.weight_decay,
             **recipe.optimizer_kwargs(),
+            **impl_options,
         )
         self.params = [p for p in task.parameters() if p.requires_grad]
         if not self.params:
             raise BudgetSSLError("nothing to train: every parameter of the task is frozen")
-        self.ddp: nn.Module | None = None
+        self.runner: nn.Module | None = None  # what runs the unmetered steps (DDP, compiled), made once
         self.find_unused = False  # set by the metered first step (or a checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
@@ -66,19 +121,35 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        _, impl_options = optimizer_impl(self.recipe.optimizer, self.device, self.settings.fused_optimizer)
+        for group in self.optimizer.param_groups:  # this run's kernels, not those of the saving run
+            for key in ("fused", "foreach"):
+                if key in group:
+                    group[key] = impl_options.get(key)
         if state.get("scaler"):  # empty when the scaler is off (anything but fp16)
             self.precision.scaler.load_state_dict(state["scaler"])
         self.find_unused = bool(state.get("find_unused", False))
 
     def model(self, metered: bool) -> nn.Module:
-        """What runs the forward: the task itself, or (distributed, after the metered step) its DDP
-        wrapper. The metered step runs the task itself so that the FLOP breakdown names its parts as
-        on one process; its gradients are averaged by hand."""
-        if not self.world.distributed or metered:
+        """What runs the forward: the task itself for the metered step (so that the FLOP breakdown names
+        its parts as on one process, counted on eager ops; its gradients are averaged by hand), else the
+        task under its DDP wrapper (distributed) and torch.compile (`train.compile`), made once."""
+        if metered:
             return self.task
-        if self.ddp is None:
-            self.ddp = wrap(self.task, self.world, self.find_unused)
-        return self.ddp
+        if self.runner is None:
+            runner = wrap(self.task, self.world, self.find_unused) if self.world.distributed else self.task
+            self.runner = torch.compile(runner, **COMPILE_OPTIONS) if self.settings.compile else runner
+        return self.runner
+
+    def runtime(self) -> dict[str, Any]:
+        """How the steps ran, for the record."""
+        return {
+            "precision": str(self.precision.precision),
+            "tf32": self.precision.tf32,
+            "compiled": self.settings.compile,
+            "optimizer_impl": self.optimizer_impl,
+            "channels_last": self.channels_last,
+        }
 
     def schedule(self, fraction: float) -> float:
         """Set this step's lr (times each group's lr_scale) and weight decay (decayed groups only)."""
@@ -103,6 +174,8 @@ class Trainer:
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler
         model = self.model(metered)
+        if self.channels_last:
+            batch = channels_last(batch)
         scheduled = self.task.on_step_start(fraction)
         with count("forward", self.task), self.precision.autocast():
             out = model(batch)

@@ -1,6 +1,19 @@
-"""Augmentation pipelines (torchvision transforms v2) shared by methods."""
+"""Augmentation pipelines shared by methods, each written once and run two ways.
+
+An `Augment` states one view (random resized crop, flip, colour jitter, greyscale, blur, solarisation,
+normalisation). Called on a sample's image it runs torchvision transforms v2 in the data path (what
+`train.augment_on=loader` does); `Augment.batch` runs the same view on a whole batch of decoded uint8
+images on the training device, with every random parameter drawn per sample (methods/batched.py; what
+`train.augment_on=device` does). A method's view object (SingleView, MultiView, supervised's
+LabelledView, CLIP's CaptionView) names its groups of augmentations and the sample's other fields;
+`on_device()` splits it into the loader's part (the decoded image and those fields) and the device's part.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -13,6 +26,9 @@ from budgetssl.errors import ConfigError
 # resize bicubic; MoCo v3 (main_moco.py), whose ViT study is the SimCLR/BYOL-on-ViT reference, keeps
 # torchvision's default, bilinear.
 INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop aspect ratios, as every reference keeps
+BLUR_SIGMA = (0.1, 2.0)  # SimCLR's Gaussian blur sigma range (BYOL, DINO keep it)
+SOLARIZE_THRESHOLD = 128  # of 255: pixels at or above it are inverted (BYOL, DINO)
 
 
 def check_interpolation(interpolation: str) -> None:
@@ -27,12 +43,80 @@ def resized_crop(size: int, scale: tuple[float, float], interpolation: str) -> v
     """torchvision's random resized crop with the reference's resampling (antialiased)."""
     check_interpolation(interpolation)
     return v2.RandomResizedCrop(
-        size, scale=scale, interpolation=INTERPOLATIONS[interpolation], antialias=True
+        size, scale=scale, ratio=CROP_RATIO, interpolation=INTERPOLATIONS[interpolation], antialias=True
     )
 
 
 def to_normalized(data: DataInfo) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.mean), list(data.std))]
+
+
+def blur_kernel(size: int) -> int:
+    """Odd kernel about 10% of the crop side (SimCLR's rule; 23 px at 224)."""
+    k = max(3, int(0.1 * size))
+    return k if k % 2 else k + 1
+
+
+@dataclass(frozen=True)
+class Augment:
+    """One view of an image: random resized crop to `size` (area fraction `scale`, aspect ratio in
+    CROP_RATIO, resampled by `interpolation` with antialiasing), a horizontal flip (p 0.5), colour
+    jitter (brightness, contrast, saturation, hue: `jitter`, in a random order) with probability
+    `jitter_p`, greyscale with `gray_p`, Gaussian blur (sigma in BLUR_SIGMA) with `blur_p`, solarisation
+    with `solarize_p`, then floats normalised by `mean` and `std`.
+
+    Calling it on a uint8 image (C, H, W) runs torchvision v2 per sample; `batch` runs it on a batch."""
+
+    size: int
+    scale: tuple[float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    flip: bool = True
+    jitter: tuple[float, float, float, float] | None = None
+    jitter_p: float = 0.0
+    gray_p: float = 0.0
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_interpolation(self.interpolation)
+        object.__setattr__(self, "_per_sample", self.transform())
+
+    @property
+    def blur_size(self) -> int:
+        return blur_kernel(self.size)
+
+    def transform(self) -> v2.Compose:
+        """The per-sample pipeline (torchvision transforms v2) on a uint8 image tensor."""
+        ops: list = [resized_crop(self.size, self.scale, self.interpolation)]
+        if self.flip:
+            ops.append(v2.RandomHorizontalFlip())
+        if self.jitter is not None and self.jitter_p > 0:
+            b, c, s, h = self.jitter
+            jitter = v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)
+            ops.append(v2.RandomApply([jitter], p=self.jitter_p))
+        if self.gray_p > 0:
+            ops.append(v2.RandomGrayscale(p=self.gray_p))
+        if self.blur_p > 0:
+            ops.append(v2.RandomApply([v2.GaussianBlur(self.blur_size, sigma=BLUR_SIGMA)], p=self.blur_p))
+        if self.solarize_p > 0:
+            ops.append(v2.RandomSolarize(threshold=SOLARIZE_THRESHOLD, p=self.solarize_p))
+        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
+        return v2.Compose(ops)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self._per_sample(image)  # type: ignore[attr-defined]
+
+    def batch(
+        self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator, copies: int = 1
+    ) -> torch.Tensor:
+        """This view of every image of a batch at once: `images` (B, C, H, W) floats in [0, 1] (padded
+        beyond each image's own `sizes` (B, 2) = height, width), parameters drawn from `generator`;
+        `copies` independent views of each, (copies B, C, size, size)."""
+        from budgetssl.methods.batched import Draws, augment_batch
+
+        return augment_batch(self, images, sizes, Draws(generator), copies)
 
 
 def random_crop_flip(
@@ -41,16 +125,9 @@ def random_crop_flip(
     scale: tuple[float, float],
     flip: bool = True,
     interpolation: str = "bilinear",
-) -> v2.Compose:
+) -> Augment:
     """The classification recipe: random resized crop and (unless `flip` is off) horizontal flip."""
-    flips = [v2.RandomHorizontalFlip()] if flip else []
-    return v2.Compose([resized_crop(size, scale, interpolation), *flips, *to_normalized(data)])
-
-
-def blur_kernel(size: int) -> int:
-    """Odd kernel about 10% of the crop side (SimCLR's rule; 23 px at 224)."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 else k + 1
+    return Augment(size, tuple(scale), data.mean, data.std, interpolation, flip=flip)  # type: ignore[arg-type]
 
 
 def ssl_crop(
@@ -63,41 +140,75 @@ def ssl_crop(
     blur_p: float = 0.0,
     solarize_p: float = 0.0,
     interpolation: str = "bilinear",
-) -> v2.Compose:
+) -> Augment:
     """The SimCLR/BYOL/DINO family of views: crop, flip, colour jitter, greyscale, blur, solarize."""
-    b, c, s, h = jitter
-    ops: list = [
-        resized_crop(size, scale, interpolation),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(brightness=b, contrast=c, saturation=s, hue=h)], p=jitter_p),
-        v2.RandomGrayscale(p=gray_p),
-    ]
-    if blur_p > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))], p=blur_p))
-    if solarize_p > 0:
-        ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))
-    return v2.Compose([*ops, *to_normalized(data)])
+    return Augment(
+        size,
+        tuple(scale),  # type: ignore[arg-type]
+        data.mean,
+        data.std,
+        interpolation,
+        jitter=tuple(jitter),  # type: ignore[arg-type]
+        jitter_p=jitter_p,
+        gray_p=gray_p,
+        blur_p=blur_p,
+        solarize_p=solarize_p,
+    )
 
 
-class MultiView:
-    """Several augmented views of one image, stacked per group: {"views": (V, C, H, W), ...}.
+class Views:
+    """A method's views of a sample: groups of transforms of its image, and its other fields.
 
-    Views of one size form one group so that a method sends them through the backbone together.
+    `groups()` maps each output key to its transforms: one transform gives (C, H, W) per sample, several
+    (`stacked`) give (V, C, H, W), views of one size in one group so a method sends them through the
+    backbone together. `fields(sample)` adds what else the method reads (a label, caption tokens).
     """
 
-    def __init__(self, groups: dict[str, list]) -> None:
-        self.groups = {name: list(transforms) for name, transforms in groups.items() if transforms}
+    stacked = False
 
-    def __call__(self, sample: dict) -> dict:
+    def groups(self) -> dict[str, list[Callable]]:
+        raise NotImplementedError
+
+    def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         image = sample["image"]
-        return {name: torch.stack([t(image) for t in ts]) for name, ts in self.groups.items()}
+        fields = self.fields(sample)  # first: a caption drawn among several draws before the crops
+        out: dict[str, Any] = {}
+        for name, transforms in self.groups().items():
+            made = [t(image) for t in transforms]
+            out[name] = torch.stack(made) if self.stacked else made[0]
+        return {**out, **fields}
+
+    def on_device(self):  # -> batched.DeviceViews | None
+        """The loader's and the device's parts of these views (methods/batched.py), or None where a
+        transform is not an `Augment` (e.g. timm's RandAugment), which only the loader can run."""
+        from budgetssl.methods.batched import DeviceViews
+
+        groups = self.groups()
+        if not all(isinstance(t, Augment) for ts in groups.values() for t in ts):
+            return None
+        return DeviceViews(self, groups, self.stacked)  # type: ignore[arg-type]
 
 
-class SingleView:
+class MultiView(Views):
+    """Several augmented views of one image, stacked per group: {"views": (V, C, H, W), ...}."""
+
+    stacked = True
+
+    def __init__(self, groups: dict[str, list]) -> None:
+        self._groups = {name: list(transforms) for name, transforms in groups.items() if transforms}
+
+    def groups(self) -> dict[str, list[Callable]]:
+        return self._groups
+
+
+class SingleView(Views):
     """One augmented view: {"image": (C, H, W)}."""
 
-    def __init__(self, transform) -> None:
+    def __init__(self, transform: Callable) -> None:
         self.transform = transform
 
-    def __call__(self, sample: dict) -> dict:
-        return {"image": self.transform(sample["image"])}
+    def groups(self) -> dict[str, list[Callable]]:
+        return {"image": [self.transform]}

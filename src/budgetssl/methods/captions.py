@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
+from budgetssl.methods.augment import SingleView
+
 CAPTION_SOURCES = ("auto", "caption", "label")
 
 
@@ -23,11 +25,11 @@ def label_names(label: Any, class_names: Sequence[str]) -> list[str]:
     return [class_names[int(i)] for i in labels]
 
 
-class CaptionView:
+class CaptionView(SingleView):
     """Image transform plus tokenised text: {"image": (C, H, W), "tokens": (context_length,)}."""
 
     def __init__(self, transform, class_names: Sequence[str], source: str, context_length: int) -> None:
-        self.transform = transform
+        super().__init__(transform)
         self.class_names = tuple(class_names)
         self.source = source
         self.tokenizer = SimpleTokenizer(context_length=context_length)
@@ -40,6 +42,5 @@ class CaptionView:
             return caption
         return pseudo_caption(label_names(sample["label"], self.class_names))
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        tokens = self.tokenizer([self.text(sample)])[0]
-        return {"image": self.transform(sample["image"]), "tokens": tokens}
+    def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {"tokens": self.tokenizer([self.text(sample)])[0]}

@@ -47,7 +47,8 @@ class EmaTeacher(nn.Module):
 
     The current momentum, the planned start of its schedule and the initial teacher's weight in the
     current one (`init_weight`, the product of the momenta so far) are buffers, so a checkpoint holds
-    them with the weights.
+    them with the weights. The momentum and the planned start are also kept as host numbers where they
+    are set, so that a step never waits for the device to read them back (a load reads them again).
     """
 
     def __init__(self, parts: dict[str, nn.Module], base_momentum: float) -> None:
@@ -58,6 +59,12 @@ class EmaTeacher(nn.Module):
         self.register_buffer("momentum", torch.tensor(base_momentum, dtype=torch.float64))
         self.register_buffer("planned_base", torch.tensor(base_momentum, dtype=torch.float64))
         self.register_buffer("init_weight", torch.tensor(1.0, dtype=torch.float64))
+        self.momentum_now: float | None = None  # the buffers' values on the host, where known
+        self.planned_now: float | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.momentum_now = self.planned_now = None  # read from the loaded buffers when next needed
+        super()._load_from_state_dict(*args, **kwargs)
 
     def plan(self, steps: int) -> float:
         """Fit the schedule to a plan of `steps` updates; re-sets the current step's momentum, whose
@@ -65,7 +72,9 @@ class EmaTeacher(nn.Module):
         start = planned_base_momentum(self.base_momentum, steps)
         if float(self.momentum) == float(self.planned_base) and float(self.init_weight) == 1.0:
             self.momentum.fill_(start)  # still at fraction 0, before any update
+            self.momentum_now = start
         self.planned_base.fill_(start)
+        self.planned_now = start
         return start
 
     @torch.no_grad()
@@ -75,15 +84,17 @@ class EmaTeacher(nn.Module):
         return x
 
     def schedule(self, fraction: float) -> float:
-        m = momentum_at(fraction, float(self.planned_base))
+        base = self.planned_now if self.planned_now is not None else float(self.planned_base)
+        m = momentum_at(fraction, base)
         self.momentum.fill_(m)
+        self.momentum_now = m
         return m
 
     @torch.no_grad()
     def update(self, students: dict[str, nn.Module]) -> None:
         if set(students) != set(self.parts):
             raise ValueError(f"teacher parts {sorted(self.parts)} != student parts {sorted(students)}")
-        m = float(self.momentum)
+        m = self.momentum_now if self.momentum_now is not None else float(self.momentum)
         self.init_weight.mul_(m)
         teacher_params, student_params = [], []
         for name, part in self.parts.items():

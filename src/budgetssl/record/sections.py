@@ -77,10 +77,23 @@ class Pretraining:
     final_loss: float | None = _f()
     final_lr: float | None = _f()
     data_skipped: int | None = _f("samples")  # unreadable images skipped (dataset.skip_corrupt=true)
-    pretrain_wall_seconds: float | None = _f(SECONDS)
+    pretrain_wall_seconds: float | None = _f(SECONDS)  # the training loop, every attempt of a resumed run
+    data_wait_share: float | None = _f("fraction of pretrain_wall_seconds")  # waiting for the next batch
+    meter_seconds: float | None = _f(SECONDS + ", measuring FLOPs beyond the training work")
+    checkpoint_seconds: float | None = _f(SECONDS + ", training stopped for checkpoints")
+    checkpoint_count: int | None = _f("checkpoints")  # saved by the training loop
+    achieved_flops_per_s: float | None = _f(FLOPS + " per second: train_flops / pretrain_wall_seconds")
+    peak_flops_per_s: float | None = _f(FLOPS + " per second, one device's peak")
+    peak_source: str | None = _f()  # the datasheet (and dtype) or the measurement the peak came from
+    mfu: float | None = _f("fraction: achieved_flops_per_s / (world_size x peak_flops_per_s)")
     world_size: int | None = _f("processes")
     nodes: int | None = _f()
     resumed_from_step: int | None = _f("steps")
+    precision: str | None = _f()  # fp32 | bf16 | fp16: the autocast dtype the steps ran in
+    tf32: bool | None = _f()  # fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and later)
+    compiled: bool | None = _f()  # train.compile: steps after the metered first ran under torch.compile
+    optimizer_impl: str | None = _f()  # fused | foreach | for-loop: the optimizer's kernels
+    channels_last: bool | None = _f()  # images and convolution weights channels-last (CUDA, conv tasks)
 
 
 @dataclass
@@ -127,6 +140,8 @@ class Transfer:
     transfer_flops_breakdown: dict[str, Any] | None = _f(FLOPS + ", by pass")
     transfer_final_loss: float | None = _f()
     transfer_wall_seconds: float | None = _f(SECONDS)
+    transfer_world_size: int | None = _f("processes")  # data-parallel ranks sharing each batch
+    transfer_resumed_from_step: int | None = _f("steps")  # 0: never interrupted
     transfer_data_skipped: int | None = _f("samples")
     miou: float | None = _f(PERCENT)
     miou_objects: float | None = _f(PERCENT)  # without the background class
@@ -145,6 +160,8 @@ class Probe:
     probe_flops: int | None = _f(FLOPS)
     probe_final_loss: float | None = _f()
     probe_wall_seconds: float | None = _f(SECONDS)
+    probe_world_size: int | None = _f("processes")
+    probe_resumed_from_step: int | None = _f("steps")
     probe_miou: float | None = _f(PERCENT)
     probe_miou_objects: float | None = _f(PERCENT)
     probe_pixel_accuracy: float | None = _f(PERCENT)

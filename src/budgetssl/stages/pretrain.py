@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from budgetssl.backbones.backbone import Backbone, build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
 from budgetssl.data.base import build_dataset
-from budgetssl.data.loader import Batches, endless_batches
+from budgetssl.data.loader import Batches, LoaderOptions, collate_images, endless_batches
 from budgetssl.engine import distributed
 from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
 from budgetssl.engine.checkpoint import Checkpoints
@@ -24,7 +25,9 @@ from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, count_forward_flops
 from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
+from budgetssl.meter.peak import device_peak
 from budgetssl.methods.base import Method, build_method
+from budgetssl.methods.batched import OnDevice, device_views
 from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Energy, Identity, Pretraining, Provenance, Record, split
@@ -40,7 +43,9 @@ def build(run: RunConfig) -> tuple[Method, Batches]:
     """The method (with its backbone) and its endless batch stream, seeded.
 
     Under torchrun every rank builds the same model from the seed and streams its share of each global
-    batch; batch norm is synchronised across ranks where torch can (CUDA).
+    batch; batch norm is synchronised across ranks where torch can (CUDA). The views run per sample in
+    the data path or, under train.augment_on=device (or auto, methods/batched.py device_views), on each
+    batch on the training device as the stream hands it out, outside the metered step.
     """
     world = distributed.current()
     seed_everything(run.seed)
@@ -48,17 +53,21 @@ def build(run: RunConfig) -> tuple[Method, Batches]:
     backbone = build_backbone(run.backbone, run.dataset.image_size, drop_path=run.train.drop_path)
     method = build_method(run.method, backbone, dataset.info)
     method = distributed.sync_batch_norm(method, world)  # type: ignore[assignment]
-    pin = resolve_device(run.train.device).type == "cuda"
+    device = world.device if world.distributed else resolve_device(run.train.device)  # the Trainer's
+    options = LoaderOptions.for_device(run.train.num_workers, device)
     batch = world.local_batch(run.train.batch_size)
+    views = method.views()
+    on_device = device_views(views, run.train.augment_on, device, options.num_workers)
     batches = endless_batches(
         dataset,
-        method.views(),
+        views if on_device is None else on_device.loader,
         batch,
         run.seed,
-        run.train.num_workers,
-        pin,
         rank=world.rank,
         world=world.size,
+        options=options,
+        collate=None if on_device is None else collate_images,
+        after=None if on_device is None else OnDevice(on_device, device, run.seed, world.rank, world.size),
     )
     rank_seed(run.seed, world.rank)
     return method, batches
@@ -101,13 +110,16 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
     # does) and without stochastic depth, as a backbone rebuilt from its weights file would.
     backbone = without_drop_path(method.backbone).requires_grad_(True)
     scores = validation_scores(run, method) if world.is_main else {}
+    counted = time.perf_counter()
+    image_flops = flops_per_image(backbone, run.dataset.image_size)
+    counted = time.perf_counter() - counted
     pretraining, extra = split(
         Pretraining,
         {
             "convention": CONVENTION,
             "convention_detail": CONVENTION_DETAIL,
             "flops_per_step": result.plan.flops_per_step,
-            "flops_per_image": flops_per_image(backbone, run.dataset.image_size),
+            "flops_per_image": image_flops,
             "flops_breakdown": result.breakdown,
             "planned_steps": result.plan.steps,
             "steps": result.steps,
@@ -121,9 +133,11 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
             "final_lr": result.final_lr,
             "data_skipped": world.sum_ints([batches.skipped])[0],
             "pretrain_wall_seconds": result.wall_seconds,
+            **utilisation(run, result, world, counted),
             "world_size": result.world_size,
             "nodes": world.nodes,
             "resumed_from_step": result.resumed_from_step,
+            **result.runtime,  # precision, tf32, compiled, optimizer_impl, channels_last
         },
     )
     identity = identity_of(run)
@@ -154,6 +168,31 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
         ),
         extra=extra,
     )
+
+
+def utilisation(
+    run: RunConfig, result: LoopResult, world: distributed.World, counting_seconds: float
+) -> dict[str, Any]:
+    """Where pretraining's wall time went and how much of the devices' peak it used: the data-wait
+    share, the meter's and the checkpoints' seconds (`counting_seconds`: the one-image count for
+    flops_per_image), achieved FLOP/s and MFU against the peak of `world_size` devices (measured, on
+    CPU, by rank 0 alone: the one that writes the record)."""
+    timing = result.timing
+    assert timing is not None
+    achieved = result.flops / result.wall_seconds if result.wall_seconds > 0 else None
+    train = run.train
+    peak = device_peak(result.device, train.precision, train.peak_flops_per_s) if world.is_main else None
+    per_device = peak.flops_per_s if peak is not None else None
+    return {
+        "data_wait_share": result.data_wait_share,
+        "meter_seconds": result.meter_seconds + counting_seconds,
+        "checkpoint_seconds": timing.checkpoint,
+        "checkpoint_count": timing.checkpoints,
+        "achieved_flops_per_s": achieved,
+        "peak_flops_per_s": per_device,
+        "peak_source": peak.source if peak is not None else None,
+        "mfu": achieved / (world.size * per_device) if achieved and per_device else None,
+    }
 
 
 def weights_provenance(identity: Identity, pretraining: Pretraining) -> dict[str, Any]:

@@ -1,21 +1,31 @@
 """The transfer stage: pick the backbone (this run's, another run's, a weights file's, or a random
 init), fine-tune and score it with energy metered; with transfer.probe=true also probe the same starting
-weights frozen. Returns the record's transfer (and probe) sections."""
+weights frozen. Returns the record's transfer (and probe) sections.
+
+Under torchrun every rank takes part (data-parallel, transfer/finetune.py); each fine-tuning keeps its
+checkpoints under <run>/checkpoints/transfer/ (and checkpoints/probe/), so the same command run again
+after an interruption resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.config.check import RunConfig
+from budgetssl.engine import distributed
+from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
+from budgetssl.engine.checkpoint import TRANSFER_MAY_CHANGE, Checkpoints
 from budgetssl.engine.rng import seed_everything
 from budgetssl.meter.energy import EnergyTracker
 from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Pretraining, Probe, Provenance, Record, Transfer
 from budgetssl.record.summary import SUMMARY
 from budgetssl.record.weights import load_backbone, provenance, weights_file
+from budgetssl.stages.pretrain import over_nodes
 from budgetssl.transfer.finetune import finetune, probe
 
 RANDOM_INIT = "random_init"
@@ -37,18 +47,36 @@ def transfer(run: RunConfig, folder: Path, backbone: Backbone | None = None) -> 
         init = "random"
     # Fine-tuning changes the backbone in place: the probe starts from a copy taken before it.
     start = copy.deepcopy(backbone) if t.probe else None
-    with EnergyTracker(run.energy) as energy:
-        section = finetune(t, backbone, run.train, run.seed, folder)
+    world = distributed.current()
+    # codecarbon measures the whole machine: one tracker per node (local rank 0), summed over nodes.
+    track = replace(run.energy, track=run.energy.track and world.local_rank == 0)
+    with EnergyTracker(track) as energy:
+        section = finetune(t, backbone, run.train, run.seed, folder, checkpoints(run, folder, "transfer"))
+    reading, _ = over_nodes(energy.reading, world)
     section.transfer_init = init
-    section.transfer_energy_kwh = energy.reading.energy_kwh
-    section.transfer_co2_kg = energy.reading.co2_kg
+    section.transfer_energy_kwh = reading.energy_kwh
+    section.transfer_co2_kg = reading.co2_kg
     if start is None:
         return section, None
-    with EnergyTracker(run.energy) as energy:  # metered apart: not part of the transfer's cost
-        probed = probe(t, start, run.train, run.seed, folder)
-    probed.probe_energy_kwh = energy.reading.energy_kwh
-    probed.probe_co2_kg = energy.reading.co2_kg
+    with EnergyTracker(track) as energy:  # metered apart: not part of the transfer's cost
+        probed = probe(t, start, run.train, run.seed, folder, checkpoints(run, folder, "probe"))
+    reading, _ = over_nodes(energy.reading, world)
+    probed.probe_energy_kwh = reading.energy_kwh
+    probed.probe_co2_kg = reading.co2_kg
     return section, probed
+
+
+def checkpoints(run: RunConfig, folder: Path, label: str) -> Checkpoints:
+    """The checkpoints of one fine-tuning (`transfer` or `probe`), in their own folder beside
+    pretraining's; rank 0 writes them. They resume only under the same config, transfer section
+    included."""
+    return Checkpoints(
+        folder / CHECKPOINTS / label,
+        run.train.checkpoint_every_steps,
+        config=run.to_dict(),
+        write=distributed.current().is_main,
+        may_change=TRANSFER_MAY_CHANGE,
+    )
 
 
 def source_record(run: RunConfig) -> Record:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from budgetssl.engine.distributed import World
 from budgetssl.transfer.heads import Segmenter
 from budgetssl.transfer.metrics import SegmentationScore
 
@@ -62,9 +63,12 @@ def evaluate(
     window: int = 0,
     stride: int = 0,
     background_index: int | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Per-class IoU, mIoU (also over the object classes alone) and pixel accuracy over `loader` (in
-    slide mode, one image per batch)."""
+    slide mode, one image per batch). With a distributed `world` each rank's loader holds its share of
+    the images: the ranks' confusion matrices are summed (integers: exactly what one process counts)
+    and every rank returns the scores of the whole set."""
     model.eval()
     score = SegmentationScore(num_classes, ignore_index, background_index)
     device = next(model.parameters()).device
@@ -76,4 +80,6 @@ def evaluate(
             logits = model.logits(image)
         score.update(logits.argmax(dim=1), batch["mask"])
     model.train()
-    return score.compute()
+    if world is None or not world.distributed:
+        return score.compute()
+    return score.compute(lambda cm: torch.tensor(world.sum_ints(cm.flatten().tolist())).view_as(cm))

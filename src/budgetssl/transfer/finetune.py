@@ -1,5 +1,12 @@
 """The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it;
-optionally also the probe (frozen backbone, linear head) on the same data and budget."""
+optionally also the probe (frozen backbone, linear head) on the same data and budget.
+
+Under torchrun both run data-parallel like pretraining: `transfer.batch_size` is the global batch, each
+rank trains on its share (batch norm and the loss's pixel count taken over the global batch), the FLOPs
+are the ranks' shares summed (the same plan and cost on 1 or N processes), each rank scores every N-th
+validation image and the confusion matrices are summed; rank 0 alone writes. Given `checkpoints`, a run
+stopped part-way (a signal, kill -9) resumes from them when the same command runs again.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import TrainConfig, TransferConfig
-from budgetssl.data.loader import Viewed, endless_batches
-from budgetssl.engine.distributed import is_main_process
+from budgetssl.data.info import SegInfo
+from budgetssl.data.loader import LoaderOptions, Viewed, endless_batches
+from budgetssl.engine import distributed
+from budgetssl.engine.checkpoint import Checkpoints
+from budgetssl.engine.distributed import World
 from budgetssl.engine.loop import LoopResult, train
+from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.rng import seed_everything
 from budgetssl.engine.settings import LoopSettings
@@ -36,12 +47,20 @@ def eval_stride(cfg: TransferConfig) -> int:
     return cfg.eval_stride or max(1, cfg.image_size * 2 // 3)
 
 
-def score(cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset) -> dict[str, Any]:
+def score(
+    cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset, world: World | None = None
+) -> dict[str, Any]:
+    """The scores of `model` on the validation split; with a distributed `world`, each rank scores
+    every world.size-th image and all ranks return the scores of the whole split."""
     info = val_set.info
+    world = world or World()
+    share: Any = val_set
+    if world.distributed:
+        share = Subset(val_set, range(world.rank, len(val_set), world.size))
     if cfg.eval_mode == "slide":
-        loader = DataLoader(Viewed(val_set, full_view(info)), batch_size=1)
+        loader = DataLoader(Viewed(share, full_view(info)), batch_size=1)
     else:
-        loader = DataLoader(Viewed(val_set, eval_view(info, cfg.image_size)), batch_size=cfg.eval_batch_size)
+        loader = DataLoader(Viewed(share, eval_view(info, cfg.image_size)), batch_size=cfg.eval_batch_size)
     return evaluate(
         model,
         loader,
@@ -51,6 +70,7 @@ def score(cfg: TransferConfig, model: Segmenter, val_set: SegmentationDataset) -
         window=cfg.image_size,
         stride=eval_stride(cfg),
         background_index=info.background_index,
+        world=world,
     )
 
 
@@ -98,9 +118,12 @@ def fit(
     folder: Path,
     label: str,
     file: str,
+    checkpoints: Checkpoints | None = None,
 ) -> Fitted:
     """Train a head on `backbone` (and the backbone, unless frozen) for `cfg.steps` steps or until
-    `cfg.flops` are spent, score the validation split and write the scores to `folder/file`."""
+    `cfg.flops` are spent, score the validation split and write the scores to `folder/file`: data-
+    parallel over the ranks torchrun started, resumed from `checkpoints` where they hold a state."""
+    world = distributed.current()
     seed_everything(seed)
     train_set = build_segmentation(cfg, "train")
     val_set = build_segmentation(cfg, "val")
@@ -116,26 +139,43 @@ def fit(
     )
     if cfg.freeze_backbone:
         model.backbone.requires_grad_(False)
+    model = distributed.sync_batch_norm(model, world)  # type: ignore[assignment]
     settings = transfer_settings(cfg, train_cfg)
     if cfg.batch_size > len(train_set):
         raise ConfigError(
             f"transfer.batch_size={cfg.batch_size} exceeds the {len(train_set)} training images of "
             f"transfer '{cfg.name}'; lower transfer.batch_size"
         )
+    device = world.device if world.distributed else resolve_device(train_cfg.device)  # the Trainer's
     batches = endless_batches(
-        train_set, train_view(info, cfg.image_size), cfg.batch_size, seed, train_cfg.num_workers
+        train_set,
+        train_view(info, cfg.image_size),
+        world.local_batch(cfg.batch_size, "transfer.batch_size"),
+        seed,
+        rank=world.rank,
+        world=world.size,
+        options=LoaderOptions.for_device(train_cfg.num_workers, device),
     )
     result = train(
         model,
         batches,
         settings,
         transfer_budget(cfg),
-        MetricsLog(folder / "metrics.jsonl", enabled=is_main_process()),  # each rank fine-tunes alone
+        MetricsLog(folder / "metrics.jsonl", enabled=world.is_main),
         label=label,
+        checkpoints=checkpoints,
+        distributed=True,
     )
-    scores = score(cfg, model, val_set)
+    scores = score(cfg, model, val_set, world)
+    if world.is_main:
+        write_scores(folder / file, cfg, info, scores)
+    return Fitted(result, scores, world.sum_ints([batches.skipped])[0])
+
+
+def write_scores(path: Path, cfg: TransferConfig, info: SegInfo, scores: dict[str, Any]) -> None:
+    """The scores file: per-class IoU and the protocol they were scored under."""
     write_json(
-        folder / file,
+        path,
         {
             "transfer": cfg.name,
             "head": cfg.head,
@@ -148,7 +188,6 @@ def fit(
             **scores,
         },
     )
-    return Fitted(result, scores, batches.skipped)
 
 
 def fitted_fields(prefix: str, fitted: Fitted) -> dict[str, Any]:
@@ -160,14 +199,21 @@ def fitted_fields(prefix: str, fitted: Fitted) -> dict[str, Any]:
         f"{prefix}_flops": result.flops,
         f"{prefix}_final_loss": result.final_loss,
         f"{prefix}_wall_seconds": result.wall_seconds,
+        f"{prefix}_world_size": result.world_size,
+        f"{prefix}_resumed_from_step": result.resumed_from_step,
     }
 
 
 def finetune(
-    cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path
+    cfg: TransferConfig,
+    backbone: Backbone,
+    train_cfg: TrainConfig,
+    seed: int,
+    folder: Path,
+    checkpoints: Checkpoints | None = None,
 ) -> Transfer:
     """The transfer as configured: its record section (mIoU, cost, protocol)."""
-    fitted = fit(cfg, backbone, train_cfg, seed, folder, "transfer", SCORES)
+    fitted = fit(cfg, backbone, train_cfg, seed, folder, "transfer", SCORES, checkpoints)
     result, scores = fitted.result, fitted.scores
     return Transfer(
         **fitted_fields("transfer", fitted),
@@ -194,10 +240,17 @@ def probe_config(cfg: TransferConfig) -> TransferConfig:
     return replace(cfg, head="linear", freeze_backbone=True, layer_decay=None)
 
 
-def probe(cfg: TransferConfig, backbone: Backbone, train_cfg: TrainConfig, seed: int, folder: Path) -> Probe:
+def probe(
+    cfg: TransferConfig,
+    backbone: Backbone,
+    train_cfg: TrainConfig,
+    seed: int,
+    folder: Path,
+    checkpoints: Checkpoints | None = None,
+) -> Probe:
     """Score `backbone` frozen with a linear head (transfer.probe=true): its record section. Its cost is
     metered (probe_flops) but not part of total_flops, which counts what the fine-tuned score cost."""
-    fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES)
+    fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES, checkpoints)
     scores = fitted.scores
     return Probe(
         **fitted_fields("probe", fitted),

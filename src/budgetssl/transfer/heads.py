@@ -10,6 +10,7 @@ from torch import nn
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.engine.task import StepOutput, Task
 from budgetssl.errors import ConfigError
+from budgetssl.methods.distributed import mean_over_ranks, rank_and_size
 
 # timm's norms in ViTs use eps 1e-6, as does MAE's linear-probe BatchNorm; small enough that a read-out
 # at 1/8 of unit scale is still normalised to within about 1e-4.
@@ -182,5 +183,12 @@ class Segmenter(Task):
         return F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
-        loss = F.cross_entropy(self.logits(batch["image"]), batch["mask"], ignore_index=self.ignore_index)
-        return StepOutput(loss)
+        """Cross-entropy averaged over the labelled pixels of the global batch. Under torchrun a rank's
+        share holds its own number of ignored pixels, so each rank divides its sum by the ranks' mean
+        count of labelled pixels: DDP's average of the ranks' gradients is then one process's gradient."""
+        logits, mask = self.logits(batch["image"]), batch["mask"]
+        if rank_and_size()[1] == 1:
+            return StepOutput(F.cross_entropy(logits, mask, ignore_index=self.ignore_index))
+        pixels = mean_over_ranks((mask != self.ignore_index).sum().float()).clamp(min=1)
+        total = F.cross_entropy(logits, mask, ignore_index=self.ignore_index, reduction="sum")
+        return StepOutput(total / pixels)

@@ -8,6 +8,8 @@ score dominated by large, easy background regions does not hide whether objects 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -23,9 +25,13 @@ class SegmentationScore:
         """pred and target: integer class maps of the same shape."""
         self.confusion.update(pred.flatten().cpu(), target.flatten().cpu())
 
-    def compute(self) -> dict[str, object]:
-        cm = self.confusion.compute().double()  # rows: target, columns: prediction
-        return scores_from_confusion(cm, self.background_index)
+    def compute(self, combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, object]:
+        """The scores; `combine` first turns this confusion matrix into the one scored (e.g. the sum of
+        every rank's, each having scored its share of the images)."""
+        cm = self.confusion.compute()  # rows: target, columns: prediction
+        if combine is not None:
+            cm = combine(cm)
+        return scores_from_confusion(cm.double(), self.background_index)
 
 
 def _mean_percent(iou: torch.Tensor) -> float:

@@ -126,7 +126,7 @@ class CLIP(Method):
         image = self.image_proj(self.backbone(batch["image"]))
         text = self.text(batch["tokens"])
         loss = clip_loss(image, text, self.logit_scale)
-        return StepOutput(loss, {"temperature": float(1 / self.logit_scale.detach().exp())})
+        return StepOutput(loss, {"temperature": 1 / self.logit_scale.detach().exp()})  # read when logged
 
     def on_step_end(self, fraction: float) -> dict[str, float]:
         with torch.no_grad():

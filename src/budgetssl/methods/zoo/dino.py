@@ -78,7 +78,7 @@ def dino_loss(
     teacher: list[torch.Tensor],
     center: torch.Tensor,
     student_temp: float,
-    teacher_temp: float,
+    teacher_temp: float | torch.Tensor,
 ) -> torch.Tensor:
     """Cross-entropy between the centred, sharpened teacher and the student, over all pairs of
     different crops (teacher crop i is student crop i: the global crops come first)."""
@@ -195,7 +195,7 @@ class DINO(Method):
             list(t.chunk(global_crops.shape[0])),
             self.center,
             self.cfg.student_temp,
-            float(self.teacher_temp),
+            self.teacher_temp,  # a tensor: no wait for the device to read it
         )
         self.update_center(t)
         return StepOutput(loss)

@@ -35,7 +35,14 @@ from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import INTERPOLATIONS, check_interpolation, resized_crop, to_normalized
+from budgetssl.methods.augment import (
+    INTERPOLATIONS,
+    SingleView,
+    check_interpolation,
+    random_crop_flip,
+    resized_crop,
+    to_normalized,
+)
 from budgetssl.methods.base import Method
 from budgetssl.methods.registry import METHODS
 
@@ -65,14 +72,11 @@ class SupervisedConfig(MethodConfig):
     eval_crop_ratio: float = MISSING  # held-out scoring: resize to image_size / ratio, centre crop image_size
 
 
-class LabelledView:
+class LabelledView(SingleView):
     """One augmented view of the image plus its label."""
 
-    def __init__(self, transform) -> None:
-        self.transform = transform
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {"image": self.transform(sample["image"]), "label": torch.tensor(sample["label"])}
+    def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {"label": torch.tensor(sample["label"])}
 
 
 class StdlibSeeded:
@@ -131,9 +135,13 @@ def train_transform(cfg: SupervisedConfig, data: DataInfo) -> Callable:
     """Crop and flip, RandAugment, normalise, random erasing: timm's transforms_imagenet_train order.
 
     No colour jitter: DeiT passes --color-jitter 0.3, but timm drops it whenever RandAugment is on, so the
-    reference never applies it.
+    reference never applies it. Without RandAugment and random erasing it is the plain crop-and-flip
+    `Augment`, which also runs batched on the device (train.augment_on=device); timm's per-image
+    RandAugment (PIL) and random erasing run in the data path only.
     """
     size = data.image_size
+    if not cfg.randaugment and cfg.random_erasing == 0:
+        return random_crop_flip(data, size, (cfg.crop_scale_min, 1.0), interpolation=cfg.interpolation)
     ops: list = [resized_crop(size, (cfg.crop_scale_min, 1.0), cfg.interpolation), v2.RandomHorizontalFlip()]
     if cfg.randaugment:
         ops.append(TimmRandAugment(cfg.randaugment, size, data.mean, cfg.interpolation))
@@ -224,6 +232,12 @@ class Supervised(Method):
                 f"mixup/cutmix pair each image with the batch's mirror image: train.batch_size must be even, "
                 f"got {run.train.batch_size}"
             )
+        if run.train.augment_on == "device" and (cfg.randaugment or cfg.random_erasing > 0):
+            raise ConfigError(
+                "train.augment_on=device runs views on whole batches, but timm's RandAugment and random "
+                "erasing run per image in the data path: set train.augment_on=loader or auto (auto keeps "
+                "them in the loader), or method.randaugment=null and method.random_erasing=0"
+            )
         if not 0 < cfg.eval_crop_ratio <= 1:
             raise ConfigError(f"method.eval_crop_ratio must be in (0, 1], got {cfg.eval_crop_ratio}")
         if cfg.randaugment:
@@ -250,7 +264,7 @@ class Supervised(Method):
             loss = F.cross_entropy(logits, labels, label_smoothing=self.cfg.label_smoothing)
         # Against the unmixed labels: under mixup/cutmix, the label of the larger share of each image.
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        return StepOutput(loss, {"accuracy": float(accuracy)})
+        return StepOutput(loss, {"accuracy": accuracy.detach()})  # read on logged steps only
 
     def validation_scores(self, val_set: Dataset) -> dict[str, float]:
         """Top-1 accuracy (percent) of the pretrained classifier on the held-out split: one centre view

@@ -1,0 +1,146 @@
+"""The peak FLOP/s of the device a run trained on, for the record's model FLOP utilisation (`mfu`).
+
+Accelerators: the vendor's datasheet figure for the dtype the matmuls ran in, dense (the datasheets of
+the sparsity-capable parts print the 2:4-sparse figure and say the dense one is half of it). CPU: no
+datasheet describes the threads a run got, so the peak is measured once, by a large matrix product on
+that many threads, and cached per machine (`$XDG_CACHE_HOME/budgetssl/peak_flops.json`, keyed by CPU
+model, threads, dtype and torch version). `train.peak_flops_per_s` overrides both. FLOPs count a fused
+multiply-add as 2, as the datasheets and the meter do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from budgetssl.record.files import write_json
+
+A100 = "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf)"
+H100 = "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM, H100 PCIe and H100 NVL columns)"
+H200 = "NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200: H200 SXM, H200 NVL columns)"
+SPARSE = 2  # the datasheets' tensor-core figures are "with sparsity"; dense is half (their footnote)
+
+# Dense peak FLOP/s by accelerator and dtype; the key is matched in torch.cuda.get_device_name() (lower
+# case, first match in this order). Each value as printed in the datasheet named beside it.
+PEAKS: dict[str, tuple[str, str, dict[str, float]]] = {
+    "h200 nvl": ("NVIDIA H200 NVL", H200, {
+        "fp32": 60e12, "tf32": 835e12 / SPARSE, "bf16": 1671e12 / SPARSE, "fp16": 1671e12 / SPARSE,
+    }),
+    "h200": ("NVIDIA H200 SXM", H200, {  # also GH200's GPU
+        "fp32": 67e12, "tf32": 989e12 / SPARSE, "bf16": 1979e12 / SPARSE, "fp16": 1979e12 / SPARSE,
+    }),
+    "h100 nvl": ("NVIDIA H100 NVL", H100, {
+        "fp32": 60e12, "tf32": 835e12 / SPARSE, "bf16": 1671e12 / SPARSE, "fp16": 1671e12 / SPARSE,
+    }),
+    "h100 pcie": ("NVIDIA H100 PCIe", H100, {
+        "fp32": 51e12, "tf32": 756e12 / SPARSE, "bf16": 1513e12 / SPARSE, "fp16": 1513e12 / SPARSE,
+    }),
+    "h100": ("NVIDIA H100 SXM", H100, {
+        "fp32": 67e12, "tf32": 989e12 / SPARSE, "bf16": 1979e12 / SPARSE, "fp16": 1979e12 / SPARSE,
+    }),
+    "a100": ("NVIDIA A100 (SXM4 and PCIe, 40 and 80 GB)", A100, {  # printed dense, beside sparse
+        "fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12,
+    }),
+}  # fmt: skip
+
+CPU_MATRIX = 2048  # the measured product: (n x n) @ (n x n), 2 n^3 FLOPs
+CPU_REPEATS = 3  # after one warm-up; the fastest counts
+
+
+@dataclass(frozen=True)
+class Peak:
+    flops_per_s: float | None  # one device (one process on CPU); None: unknown
+    source: str  # where the figure came from
+
+
+def matmul_dtype(precision: str, device: torch.device) -> str:
+    """The dtype the run's matrix products ran in: bf16/fp16 under autocast, else fp32, or TF32 where
+    CUDA was allowed to use it for fp32 matmuls."""
+    if precision in ("bf16", "fp16"):
+        return precision
+    if device.type == "cuda" and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "fp32"
+
+
+def accelerator_peak(name: str, dtype: str) -> Peak:
+    """The datasheet's dense peak of the accelerator called `name` (torch.cuda.get_device_name)."""
+    lowered = name.lower()
+    for key, (part, sheet, peaks) in PEAKS.items():
+        if key in lowered:
+            return Peak(peaks[dtype], f"{part}, dense {dtype}: {sheet}")
+    known = ", ".join(part for part, _, _ in PEAKS.values())
+    return Peak(None, f"no peak known for {name!r} (known: {known}); set train.peak_flops_per_s")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "budgetssl" / "peak_flops.json"
+
+
+def measure_cpu(dtype: str, threads: int, n: int = CPU_MATRIX) -> float:
+    """FLOP/s of the fastest of a few (n x n) matrix products on `threads` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        kind = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=g).to(kind) for _ in range(2))
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(CPU_REPEATS):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+        return 2 * n**3 / best
+    finally:
+        torch.set_num_threads(previous)
+
+
+def cpu_peak(dtype: str, threads: int) -> Peak:
+    """The measured peak of this machine's CPU on `threads` threads, from the cache when measured before."""
+    model = cpu_model()
+    key = f"{model} | {threads} threads | {dtype} | torch {torch.__version__}"
+    path = cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    how = f"{CPU_MATRIX}x{CPU_MATRIX} {dtype} matrix product on {threads} thread(s) of {model}"
+    if isinstance(cached.get(key), (int, float)):
+        return Peak(float(cached[key]), f"measured ({how}; cached in {path})")
+    flops = measure_cpu(dtype, threads)
+    try:
+        write_json(path, {**cached, key: flops})
+    except OSError:
+        pass  # a read-only cache: measured again next time
+    return Peak(flops, f"measured ({how})")
+
+
+def device_peak(device: torch.device, precision: str, override: float | None = None) -> Peak:
+    """The peak FLOP/s of one training device: `override` (train.peak_flops_per_s) when set, the
+    datasheet for an accelerator, a measurement (cached) for the CPU on this process's threads."""
+    dtype = matmul_dtype(precision, device)
+    if override is not None:
+        return Peak(float(override), f"train.peak_flops_per_s (the run's {dtype} matmuls)")
+    if device.type == "cuda":
+        return accelerator_peak(torch.cuda.get_device_name(device), dtype)
+    if device.type == "cpu":
+        return cpu_peak(dtype, torch.get_num_threads())
+    return Peak(None, f"no peak known for device type {device.type}; set train.peak_flops_per_s")

@@ -1,0 +1,223 @@
+"""The GPU path, tested here on what runs on CPU: bf16 autocast, torch.compile (FLOPs counted on the
+eager step and agreeing with the compiled one), the optimizer's kernels, channels-last, TF32's switches,
+the CUDA attention FLOP rules (on meta tensors: no GPU needed) and, where CUDA exists, ViT-B/16's count
+under every attention kernel against the reference."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from budgetssl.backbones.backbone import build_backbone
+from budgetssl.engine import trainer as trainer_module
+from budgetssl.engine.precision import allow_tf32, set_tf32
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.task import Task
+from budgetssl.engine.trainer import Trainer, channels_last, optimizer_impl, slides_convolutions, to_device
+from budgetssl.meter.attention import attention_rules
+from budgetssl.meter.counter import PassCounter
+from budgetssl.stages.flops import measure
+from budgetssl.stages.pretrain import build
+from budgetssl.transfer.heads import Segmenter
+from conftest import TINY, TINY_BUDGET, run_config, run_in_process, small, summary
+
+CUDA = torch.device("cuda")  # a device object needs no GPU
+aten = torch.ops.aten
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def bmm(b: int, h: int, s: int, d: int) -> int:
+    """One (s x d) @ (d x s) product per head and image, at 2 FLOPs a multiply-add."""
+    return 2 * b * h * s * s * d
+
+
+def count(fn) -> int:
+    with FlopCounterMode(display=False, custom_mapping=attention_rules()) as fc:
+        fn()
+    return int(fc.get_total_flops())
+
+
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn"])
+def test_cuda_attention_kernels_count_the_unfused_matmuls(kernel):
+    """Forward QK^T and AV; backward their four gradient products (torch's own rule adds a fifth, the
+    scores recomputed): checked on meta tensors, which run each CUDA op's shape function only."""
+    b, h, s, d = 2, 3, 197, 64
+    q, k, v, grad = (torch.empty(b, h, s, d, device="meta") for _ in range(4))
+    if kernel == "flash":
+        out = aten._scaled_dot_product_flash_attention(q, k, v)
+        forward = count(lambda: aten._scaled_dot_product_flash_attention(q, k, v))
+        o, lse, cq, ck, mq, mk, seed, offset, _ = out
+        backward = count(
+            lambda: aten._scaled_dot_product_flash_attention_backward(
+                grad, q, k, v, o, lse, cq, ck, mq, mk, 0.0, False, seed, offset
+            )
+        )
+    elif kernel == "efficient":
+        o, lse, seed, offset = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
+        forward = count(lambda: aten._scaled_dot_product_efficient_attention(q, k, v, None, True))
+        backward = count(
+            lambda: aten._scaled_dot_product_efficient_attention_backward(
+                grad, q, k, v, None, o, lse, seed, offset, 0.0, [True, True, True, False], False
+            )
+        )
+    else:
+        o, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True
+        )
+        forward = count(lambda: aten._scaled_dot_product_cudnn_attention(q, k, v, None, True))
+        backward = count(
+            lambda: aten._scaled_dot_product_cudnn_attention_backward(
+                grad, q, k, v, o, lse, seed, offset, None, cq, ck, mq, mk, 0.0, False
+            )
+        )
+    assert forward == 2 * bmm(b, h, s, d)
+    assert backward == 4 * bmm(b, h, s, d) == 2 * forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the CUDA attention kernels")
+@pytest.mark.parametrize("backend", ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"])
+def test_vit_b16_on_cuda_counts_the_reference_flops_under_every_attention_kernel(backend, reference_flops):
+    """ViT-B/16 at 224, one image in bf16: forward 35.13 GFLOPs, forward + backward 105.15 (the input
+    needs no gradient), whichever kernel SDPA runs."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    ref = reference_flops["vit_base_patch16_224"]
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).cuda()
+    x = torch.randn(1, 3, 224, 224, device="cuda")
+    counter = PassCounter()
+    try:
+        with sdpa_kernel(getattr(SDPBackend, backend)), torch.autocast("cuda", dtype=torch.bfloat16):
+            with counter.count("forward"):
+                out = model(x).float().sum()
+            with counter.count("backward"):
+                out.backward()
+    except RuntimeError as e:  # this GPU (or build) has no such kernel
+        pytest.skip(f"{backend} unavailable here: {str(e).splitlines()[0]}")
+    assert counter.passes["forward"]["total"] == ref["forward_flops"]
+    assert counter.total == ref["forward_backward_flops"]
+
+
+def test_bf16_autocast_counts_what_fp32_counts():
+    fp32 = measure(run_config(*TINY, "train.precision=fp32"))
+    bf16 = measure(run_config(*TINY, "train.precision=bf16"))
+    assert bf16["breakdown"] == fp32["breakdown"] and bf16["flops_per_step"] > 0
+
+
+def test_fp16_is_refused_on_cpu():
+    from budgetssl.engine.precision import Precision
+    from budgetssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        Precision("fp16", torch.device("cpu"))
+
+
+INDUCTOR = pytest.param(
+    "inductor",
+    marks=pytest.mark.skipif(
+        not os.environ.get("BUDGETSSL_TEST_INDUCTOR"),
+        reason="inductor builds C++ kernels (about 2 minutes on 2 CPU cores): set BUDGETSSL_TEST_INDUCTOR=1",
+    ),
+)
+
+
+@pytest.fixture
+def compile_backend(request, monkeypatch):
+    """torch.compile through dynamo and AOTAutograd (`aot_eager`: the graphs inductor compiles, run op by
+    op; seconds here), or through inductor itself (torch's default, what train.compile runs) on request."""
+    backend = getattr(request, "param", "aot_eager")
+    monkeypatch.setattr(trainer_module, "COMPILE_OPTIONS", {"backend": backend})
+    torch._dynamo.reset()
+    yield backend
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", INDUCTOR], indirect=True)
+def test_the_compiled_step_counts_the_flops_of_the_eager_step(compile_backend):
+    """The loop meters the eager first step; the steps after it run compiled. Counted under the same
+    counter, the compiled forward and backward execute the same matmuls, convolutions and attention
+    (inductor calls them as library kernels, which the counter sees)."""
+    run = run_config(*TINY, "train.compile=true")
+    method, batches = build(run)
+    method.train()
+    trainer = Trainer(method, LoopSettings.from_train(run.train))
+    batch = to_device(next(batches), trainer.device)
+    eager = PassCounter()
+    trainer.step(batch, eager, 0.0)  # metered: the task itself, eager
+    compiled = trainer.model(metered=False)
+    assert compiled is not method and isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule)
+    compiled(batch).loss.backward()  # compiles
+    counter = PassCounter()
+    with counter.count("forward"):
+        out = compiled(batch)
+    with counter.count("backward"):
+        out.loss.backward()
+    for name in ("forward", "backward"):
+        assert counter.passes[name]["total"] == eager.passes[name]["total"] > 0, name
+
+
+def test_a_compiled_bf16_run_records_how_it_ran(tmp_path, compile_backend):
+    settings = [*TINY, *small("supervised"), TINY_BUDGET, "train.compile=true", "train.precision=bf16"]
+    assert run_in_process("budgetssl-pretrain", *settings, folder=tmp_path) == 0
+    record = summary(tmp_path)
+    assert record["steps"] >= 3
+    assert (record["precision"], record["compiled"], record["tf32"]) == ("bf16", True, False)
+    assert (record["optimizer_impl"], record["channels_last"]) == ("for-loop", False)  # CPU
+
+
+def test_fused_kernels_on_cuda_where_the_optimizer_has_them():
+    assert optimizer_impl("adamw", CUDA, fused=True) == ("fused", {"fused": True})
+    assert optimizer_impl("sgd", CUDA, fused=True) == ("fused", {"fused": True})
+    assert optimizer_impl("adamw", CUDA, fused=False) == ("foreach", {})  # torch's default on CUDA
+    assert optimizer_impl("lars", CUDA, fused=True) == ("foreach", {})  # timm's: no fused kernel
+    assert optimizer_impl("adamw", torch.device("cpu"), fused=True) == ("for-loop", {})
+
+
+def test_a_resumed_optimizer_runs_this_run_s_kernels():
+    """A checkpoint of a CUDA run (fused AdamW) resumed on CPU: the loaded groups do not ask for fused."""
+    recipe = Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.0)
+    task = Task()
+    task.model = nn.Linear(4, 2)
+    trainer = Trainer(task, LoopSettings(recipe=recipe, device="cpu"))
+    saved = trainer.state_dict()
+    for group in saved["optimizer"]["param_groups"]:
+        group["fused"] = True
+    trainer.load_state_dict(saved)
+    assert all(group["fused"] is None for group in trainer.optimizer.param_groups)
+
+
+def test_channels_last_is_for_tasks_that_slide_convolutions():
+    vit = build_backbone(run_config(*TINY).backbone, 16)
+    assert not slides_convolutions(vit)  # a patch embedding: stride = kernel
+    assert slides_convolutions(build_backbone(run_config(*TINY, "backbone=resnet18").backbone, 32))
+    assert slides_convolutions(Segmenter(vit, "multilevel", 3, 255, image_size=16))  # its 3x3 fusion
+    assert not slides_convolutions(Segmenter(vit, "linear", 3, 255, image_size=16))  # 1x1 only
+    batch = channels_last({"image": torch.zeros(2, 3, 8, 8), "mask": torch.zeros(2, 8, 8, dtype=torch.long)})
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+    assert batch["mask"].is_contiguous()
+
+
+@pytest.fixture
+def restore_matmul_precision():
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.conv.fp32_precision)
+    yield
+    torch.set_float32_matmul_precision(before[0])
+    torch.backends.cudnn.conv.fp32_precision = before[1]
+
+
+def test_tf32_switches_cuda_matmuls_and_convolutions_only(restore_matmul_precision):
+    cpu_matmuls = torch.backends.mkldnn.matmul.fp32_precision
+    allow_tf32(True)
+    assert torch.get_float32_matmul_precision() == "high"  # read back by meter/peak.py
+    assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert torch.backends.mkldnn.matmul.fp32_precision == cpu_matmuls
+    allow_tf32(False)
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert set_tf32(True, torch.device("cpu")) is False  # nothing changed on CPU
+    assert torch.get_float32_matmul_precision() == "highest"
