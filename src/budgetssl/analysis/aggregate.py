@@ -1,5 +1,6 @@
-"""Runs grouped by what they varied (method, dataset, backbone, budget), computed once per pair of axes:
-seeds averaged with their spread kept, and the random-init runs gathered in the same pass."""
+"""Runs grouped by what they varied (method, dataset, backbone, schedule, budget), computed once per pair
+of axes: seeds averaged with their spread and their own values kept (for ties and the fits' bootstrap),
+and the random-init runs gathered in the same pass."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from dataclasses import dataclass, field
 from budgetssl.record.sections import Record
 
 BASELINE = "random_init"
+COSINE = "cosine"  # the schedule of a record that names none (written before train.schedule existed)
 
 
 @dataclass(frozen=True)
 class Point:
-    """One configuration: the mean of `x` and `y` over its seeds, and the spread (std) of `y`.
-    A random-init point has no pretraining dataset and a budget of 0; its x is None when no seed has one."""
+    """One configuration: the mean of `x` and `y` over its seeds, the spread (std) of `y` and each seed's
+    `y`. A random-init point has no pretraining dataset and a budget of 0; its x is None when no seed has
+    one. A wsd run (a ladder's rung) is its own configuration: never averaged with a cosine run."""
 
     method: str
     dataset: str | None
@@ -25,10 +28,22 @@ class Point:
     y: float
     spread: float
     seeds: int
+    schedule: str = COSINE
+    values: tuple[float, ...] = ()  # each seed's y, in the order the runs were read
 
     @property
     def baseline(self) -> bool:
         return self.method == BASELINE
+
+    @property
+    def label(self) -> str:
+        """The method as a reader sees it: `mae`, or `mae (wsd)` for a schedule other than cosine."""
+        return self.method if self.schedule == COSINE else f"{self.method} ({self.schedule})"
+
+    @property
+    def config(self) -> tuple[str, str | None, str | None, str]:
+        """What a curve over budgets shares: method, dataset, backbone and schedule."""
+        return (self.method, self.dataset, self.backbone, self.schedule)
 
 
 @dataclass
@@ -47,6 +62,13 @@ class Aggregate:
         return bool(self.points or self.baselines)
 
 
+def schedule_of(record: Record) -> str:
+    """The record's lr schedule; a random init has none to vary, an older record ran cosine."""
+    if record.identity.method == BASELINE:
+        return COSINE
+    return str(record.identity.schedule or COSINE)
+
+
 def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
     """One pass over the records: configurations with `y` (and, pretrained, an `x` > 0)."""
     groups: dict[tuple, list[tuple[float | None, float]]] = defaultdict(list)
@@ -56,10 +78,10 @@ def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
         if yv is None or (not baseline and (xv is None or xv <= 0)):
             continue
         i = record.identity
-        key = (str(i.method), i.dataset, i.backbone, float(i.budget_flops or 0))
+        key = (str(i.method), i.dataset, i.backbone, schedule_of(record), float(i.budget_flops or 0))
         groups[key].append((xv if xv is not None and xv > 0 else None, yv))
     found = Aggregate(x, y)
-    for (method, dataset, backbone, budget), values in groups.items():
+    for (method, dataset, backbone, schedule, budget), values in groups.items():
         ys = [v[1] for v in values]
         xs = [v[0] for v in values if v[0] is not None]
         point = Point(
@@ -71,9 +93,11 @@ def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
             y=statistics.fmean(ys),
             spread=statistics.stdev(ys) if len(ys) > 1 else 0.0,
             seeds=len(ys),
+            schedule=schedule,
+            values=tuple(ys),
         )
         (found.baselines if point.baseline else found.points).append(point)
-    order = lambda p: (p.method, str(p.dataset), str(p.backbone), p.x or 0.0)  # noqa: E731
+    order = lambda p: (p.method, p.schedule, str(p.dataset), str(p.backbone), p.x or 0.0)  # noqa: E731
     found.points.sort(key=order)
     found.baselines.sort(key=order)
     return found

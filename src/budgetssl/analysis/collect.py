@@ -23,6 +23,7 @@ class Collection:
     runs: list[Run] = field(default_factory=list)
     failed: list[Path] = field(default_factory=list)
     unreadable: list[Path] = field(default_factory=list)
+    trunks: list[Path] = field(default_factory=list)  # budget ladders' own records: their rungs are the runs
 
     @property
     def records(self) -> list[Record]:
@@ -49,6 +50,9 @@ def collect(root: Path) -> Collection:
         record = Record.from_json(flat)
         if record.outcome.status != "completed":
             found.failed.append(path)
+            continue
+        if record.value("ladder.role") == "trunk":  # a ladder's trunk is no run (stages/ladder.py)
+            found.trunks.append(path)
             continue
         found.runs.append(Run(record, path.parent))
     return found

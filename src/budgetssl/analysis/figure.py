@@ -1,20 +1,26 @@
 """Accuracy against cost: one line per method on a log axis (mean over seeds, spread as error bars),
-the Pareto front marked, random init drawn as the zero-budget level."""
+the Pareto front marked (with the points the seeds' noise cannot tell apart from it), random init drawn
+as the zero-budget level, and each converged scaling fit as a dashed curve with its bootstrap band."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from budgetssl.analysis.aggregate import Aggregate, Point  # noqa: E402
+from budgetssl.analysis.fits import LEVEL, Fit  # noqa: E402
 from budgetssl.analysis.frontier import pareto_front  # noqa: E402
+from budgetssl.analysis.noise import Noise  # noqa: E402
 from budgetssl.record.files import atomic_write  # noqa: E402
 
 LABELS = {
@@ -29,37 +35,80 @@ LABELS = {
 }
 
 
+MARKERS = ("o", "^", "D", "v", "P", "X")  # one per dataset and backbone drawn together
+
+
 def _label(field: str) -> str:
     return LABELS.get(field, field.replace("_", " ") + (" (fma=2)" if "flops" in field else ""))
 
 
-def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[str, Any]) -> bool:
-    lines: dict[str, list[Point]] = defaultdict(list)
+@dataclass(frozen=True)
+class FitCurve:
+    """A converged fit as drawn: the law on a log grid from its smallest point to `upto`, and its
+    bootstrap band (None without seeds to resample)."""
+
+    fit: Fit
+    xs: np.ndarray
+    ys: np.ndarray
+    band: tuple[np.ndarray, np.ndarray] | None
+
+
+def fit_curves(fits: list[Fit], upto: float | None = None) -> list[FitCurve]:
+    """What the figures draw of the fits: only those with a law (too few points or no convergence:
+    nothing), each up to `upto` (the predicted budget) or its largest point."""
+    out = []
+    for f in fits:
+        if f.law is None:
+            continue
+        lo, hi = f.x_range
+        xs = np.geomspace(lo, max(hi, upto or hi), 100)
+        out.append(FitCurve(f, xs, f.law(xs), f.interval(xs)))
+    return out
+
+
+def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[str, Any],
+          noise: Noise | None = None, curves: Sequence[FitCurve] = ()) -> bool:  # fmt: skip
+    lines: dict[tuple, list[Point]] = defaultdict(list)
     for p in points:
-        lines[p.method].append(p)
-    for method, line in sorted(lines.items()):
+        lines[(p.label, str(p.dataset), str(p.backbone))].append(p)
+    # Colour: the method; marker: the dataset and backbone, named only where they vary.
+    variants = sorted(
+        {key[1:] for key in lines} | {(str(c.fit.dataset), str(c.fit.backbone)) for c in curves}
+    )
+    marker = {v: MARKERS[i % len(MARKERS)] for i, v in enumerate(variants)}
+    for (label, dataset, backbone), line in sorted(lines.items()):
         line.sort(key=lambda p: p.x)  # type: ignore[arg-type,return-value]
         ax.errorbar(
             [p.x for p in line],
             [p.y for p in line],
             yerr=[p.spread for p in line] if any(p.seeds > 1 for p in line) else None,
-            marker="o",
+            marker=marker[(dataset, backbone)],
             capsize=3,
-            color=colours[method],
-            label=method,
+            color=colours[label],
+            label=f"{label} {dataset}/{backbone}" if len(variants) > 1 else label,
         )
+    if curves:  # one legend entry for every fit, in neutral grey
+        band = f", {LEVEL:.0%} bootstrap band" if any(c.band is not None for c in curves) else ""
+        ax.plot([], [], linestyle="--", color="grey", lw=1, label="scaling fit" + band)
+    for c in curves:
+        colour = colours.get(c.fit.label, "black")
+        ax.plot(c.xs, c.ys, linestyle="--", color=colour, lw=1)
+        if c.band is not None:
+            ax.fill_between(c.xs, c.band[0], c.band[1], color=colour, alpha=0.15, lw=0)
     placed = [b for b in baselines if b.x is not None]
     front = pareto_front(points + placed)
+    circled = pareto_front(points + placed, noise) if noise is not None else front
     if front:
         ax.step([p.x for p in front], [p.y for p in front], where="post", color="black", lw=1, alpha=0.6)
-        ax.scatter([p.x for p in front], [p.y for p in front], s=140, facecolors="none", edgecolors="black",
-                   label="Pareto front", zorder=3)  # fmt: skip
+        name = "Pareto front" + (" (circled: and its ties)" if noise is not None else "")
+        ax.scatter([p.x for p in circled], [p.y for p in circled], s=140, facecolors="none",
+                   edgecolors="black", zorder=3, label=name)  # fmt: skip
     for b in sorted(baselines, key=lambda b: str(b.backbone)):
         ax.axhline(b.y, color="grey", linestyle="--", label=f"random init {b.backbone} ({b.y:.1f})")
     if placed:
         ax.scatter([p.x for p in placed], [p.y for p in placed], marker="s", color="grey", zorder=3)
     ax.set_xscale("log")
-    xs = [p.x for p in points + placed if p.x is not None]
+    xs = [p.x for p in points + placed if p.x is not None] + [float(x) for c in curves for x in c.xs[[0, -1]]]
     if xs and max(xs) / min(xs) < 10:  # widen to whole decades, or the axis labels only minor ticks
         ax.set_xlim(10 ** math.floor(math.log10(min(xs))), 10 ** math.ceil(math.log10(max(xs)) + 1e-9))
     ax.grid(True, which="both", alpha=0.3)
@@ -68,7 +117,7 @@ def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[st
 
 def _colours(found: Aggregate) -> dict[str, Any]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    methods = sorted({p.method for p in found.points})
+    methods = sorted({p.label for p in found.points})
     return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
 
 
@@ -79,11 +128,13 @@ def _save(fig: Any, out: Path) -> Path:
     return out
 
 
-def plot_points(found: Aggregate, out: Path, title: str = "") -> Path:
-    """Draw the aggregate's `y` against its `x`; refuse an empty figure."""
+def plot_points(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
+                curves: Sequence[FitCurve] = ()) -> Path:  # fmt: skip
+    """Draw the aggregate's `y` against its `x` (with the fits' `curves`, where its x is the fits'
+    FLOPs); refuse an empty figure."""
     x, y = found.x, found.y
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if not _draw(ax, found.points, found.baselines, _colours(found)):
+    if not _draw(ax, found.points, found.baselines, _colours(found), noise, curves):
         plt.close(fig)
         raise ValueError(f"no completed run has both '{x}' and '{y}' to plot")
     ax.set_xlabel(_label(x))
@@ -93,7 +144,8 @@ def plot_points(found: Aggregate, out: Path, title: str = "") -> Path:
     return _save(fig, out)
 
 
-def plot_facets(found: Aggregate, out: Path, title: str = "") -> Path:
+def plot_facets(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
+                curves: Sequence[FitCurve] = ()) -> Path:  # fmt: skip
     """One panel per pretraining dataset (rows) and backbone (columns); random init by backbone."""
     x, y = found.x, found.y
     datasets = sorted({p.dataset for p in found.points if p.dataset is not None})
@@ -108,7 +160,8 @@ def plot_facets(found: Aggregate, out: Path, title: str = "") -> Path:
         for j, backbone in enumerate(backbones):
             ax = axes[i][j]
             panel = [p for p in found.points if p.backbone == backbone and p.dataset == dataset]
-            _draw(ax, panel, [b for b in found.baselines if b.backbone == backbone], colours)
+            here = [c for c in curves if c.fit.backbone == backbone and c.fit.dataset == dataset]
+            _draw(ax, panel, [b for b in found.baselines if b.backbone == backbone], colours, noise, here)
             ax.set_title(f"{dataset} / {backbone}", fontsize=9)
             ax.set_xlabel(_label(x), fontsize=8)
             ax.set_ylabel(_label(y), fontsize=8)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from budgetssl.analysis.aggregate import BASELINE, Point
-from budgetssl.analysis.frontier import Crossing
+from budgetssl.analysis.frontier import Crossing, ties
+from budgetssl.analysis.noise import Noise
 from budgetssl.record.sections import Record
 
 COLUMNS = [
@@ -56,10 +57,11 @@ def cell(record: Record, key: str) -> str:
     return _cell(record.value(key))
 
 
-def markdown_table(records: list[Record]) -> str:
-    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
-    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    rows = ["| " + " | ".join(cell(r, k) for k, _ in COLUMNS) + " |" for r in sorted(records, key=sort_key)]
+def markdown_table(records: list[Record], columns: list[tuple[str, str]] = COLUMNS) -> str:
+    """One row per run; `columns`: (record key, title) pairs (budgetssl-report --verify adds one)."""
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    rows = ["| " + " | ".join(cell(r, k) for k, _ in columns) + " |" for r in sorted(records, key=sort_key)]
     return "\n".join([head, rule, *rows])
 
 
@@ -75,6 +77,11 @@ def _budget(p: Point) -> str:
     return "-" if p.baseline else _flops(p.budget)
 
 
+def _name(p: Point) -> str:
+    """A point in a list of ties: `mae/vit_small@1e+12` (random init: `random_init/vit_small`)."""
+    return f"{p.label}/{_text(p.backbone)}" + ("" if p.baseline else f"@{_budget(p)}")
+
+
 def summary_table(pts: list[Point], y: str = "miou") -> str:
     """One row per configuration: the mean over seeds, with the spread where there are several."""
     rows = [
@@ -84,34 +91,59 @@ def summary_table(pts: list[Point], y: str = "miou") -> str:
     for p in sorted(pts, key=lambda p: (str(p.dataset), str(p.backbone), p.budget, -p.y)):
         spread = f"{p.spread:.2f}" if p.seeds > 1 else "-"
         rows.append(
-            f"| {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {_flops(p.budget)} | {p.seeds} "
+            f"| {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {_flops(p.budget)} | {p.seeds} "
             f"| {p.y:.2f} | {spread} |"
         )
     return "\n".join(rows)
 
 
-def front_table(front: list[Point], best: dict[float, Point], label: str = "mIoU") -> str:
+def front_table(front: list[Point], best: dict[float, list[Point]], label: str = "mIoU",
+                noise: Noise | None = None) -> str:  # fmt: skip
+    """The front (with `noise`: every point not beaten beyond it, each with the front points it ties
+    with) and the best configuration at each budget followed by the ones tied with it; each row says
+    its seeds and warns where a verdict rests on one."""
     rows = [
-        f"| on the Pareto front | dataset | backbone | budget (FLOPs) | total FLOPs | {label} |",
-        "|---" * 6 + "|",
+        f"| on the Pareto front | dataset | backbone | budget (FLOPs) | total FLOPs | {label} | seeds "
+        "| ties and warnings |",
+        "|---" * 8 + "|",
     ]
+    for p in front:
+        tied = ties(p, front, noise) if noise is not None else []
+        notes = ["tied with " + ", ".join(_name(q) for q in tied)] if tied else []
+        notes += ["1 seed"] if p.seeds == 1 else []
+        rows.append(
+            f"| {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {_budget(p)} | {_flops(p.x)} "
+            f"| {p.y:.2f} | {p.seeds} | {'; '.join(notes) or '-'} |"
+        )
     rows += [
-        f"| {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {_budget(p)} | {_flops(p.x)} "
-        f"| {p.y:.2f} |"
-        for p in front
+        "",
+        f"| budget (FLOPs) | best method | dataset | backbone | {label} | seeds | verdict |",
+        "|---" * 7 + "|",
     ]
-    rows += ["", f"| budget (FLOPs) | best method | dataset | backbone | {label} |", "|---" * 5 + "|"]
-    rows += [
-        f"| {_flops(budget)} | {p.method} | {_text(p.dataset)} | {_text(p.backbone)} | {p.y:.2f} |"
-        for budget, p in best.items()
-    ]
+    for budget, (top, *tied) in best.items():
+        single = any(p.seeds == 1 for p in (top, *tied))
+        verdict = f"best, tied with {len(tied)} other(s)" if tied else "best"
+        verdict += " (rests on one seed)" if single else ""
+        rows.append(
+            f"| {_flops(budget)} | {top.label} | {_text(top.dataset)} | {_text(top.backbone)} "
+            f"| {top.y:.2f} | {top.seeds} | {verdict} |"
+        )
+        rows += [
+            f"| {_flops(budget)} | {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {p.y:.2f} "
+            f"| {p.seeds} | tied with the best" + ("; 1 seed" if p.seeds == 1 else "") + " |"
+            for p in tied
+        ]
     return "\n".join(rows)
 
 
 def crossing_table(found: list[Crossing]) -> str:
-    rows = ["| method | dataset | small | large | large overtakes small at (FLOPs) |", "|---" * 5 + "|"]
+    rows = [
+        "| method | dataset | small | large | large overtakes small at (FLOPs) | given the seeds' noise |",
+        "|---" * 6 + "|",
+    ]
     rows += [
-        f"| {c.method} | {c.dataset} | {c.small} | {c.large} | {_flops(c.flops) if c.flops else c.note} |"
+        f"| {c.method} | {c.dataset} | {c.small} | {c.large} | {_flops(c.flops) if c.flops else c.note} "
+        f"| {(c.verdict or '-') + (' (rests on one seed)' if c.single_seed else '')} |"
         for c in found
     ]
     return "\n".join(rows)

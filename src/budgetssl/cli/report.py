@@ -2,7 +2,10 @@
 findings and figures from every run below RUNS_DIR (failed and unreadable records are counted, listed and
 left out), ranked by the chosen metric. The default metric writes report.md and miou_vs_*.png; another
 writes report_<metric>.md and <metric>_vs_*.png, so one folder holds the reports of several metrics.
-Beside them, runs.csv: one flat row per completed run, for pandas or a spreadsheet."""
+Beside them, runs.csv: one flat row per completed run, for pandas or a spreadsheet. Every verdict
+(the Pareto front, the best method per budget, the crossings) lists as ties the differences within the
+seeds' noise; every configuration with three budgets or more gets a scaling fit, drawn on the figures and
+asked for the score at `--predict-at` FLOPs."""
 
 from __future__ import annotations
 
@@ -12,10 +15,14 @@ from pathlib import Path
 
 from budgetssl.analysis.aggregate import Aggregate, aggregate
 from budgetssl.analysis.collect import Collection, collect
-from budgetssl.analysis.figure import plot_facets, plot_points
+from budgetssl.analysis.figure import FitCurve, fit_curves, plot_facets, plot_points
+from budgetssl.analysis.fit_table import scaling_section
+from budgetssl.analysis.fits import fit_all
 from budgetssl.analysis.frontier import best_per_budget, crossings, pareto_front
+from budgetssl.analysis.noise import noise_of
 from budgetssl.analysis.runs_csv import write_runs_csv
 from budgetssl.analysis.table import (
+    COLUMNS,
     METRICS,
     crossing_table,
     front_table,
@@ -32,41 +39,53 @@ def report_file(metric: str) -> str:
     return "report.md" if metric == "miou" else f"report_{metric}.md"
 
 
-def figures(records: list[Record], by_flops: Aggregate, out: Path) -> list[Path]:
-    """The score against total FLOPs (the findings' aggregate) and against CO2, each also by dataset and
-    backbone when the runs vary either."""
+def figures(
+    records: list[Record], by_flops: Aggregate, out: Path, curves: list[FitCurve] | None = None
+) -> list[Path]:
+    """The score against total FLOPs (the findings' aggregate, with the scaling fits' `curves`) and
+    against CO2, each also by dataset and backbone when the runs vary either."""
     metric = by_flops.y
     co2 = "total_co2_kg" if any(r.total_co2_kg for r in records) else "co2_kg_estimated"
     several = len({r.identity.dataset for r in records if r.identity.dataset}) > 1 or (
         len({r.identity.backbone for r in records if r.identity.backbone}) > 1
     )
     written = []
-    for found, name in (
-        (by_flops, f"{metric}_vs_flops"),
-        (aggregate(records, co2, metric), f"{metric}_vs_co2"),
+    for found, name, drawn in (
+        (by_flops, f"{metric}_vs_flops", curves or []),
+        (aggregate(records, co2, metric), f"{metric}_vs_co2", []),
     ):
+        noise = noise_of(found.points + found.baselines)
         try:
-            written.append(plot_points(found, out / f"{name}.png"))
+            written.append(plot_points(found, out / f"{name}.png", noise=noise, curves=drawn))
             if several:
-                written.append(plot_facets(found, out / f"{name}_facets.png"))
+                written.append(plot_facets(found, out / f"{name}_facets.png", noise=noise, curves=drawn))
         except ValueError as e:
             print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
     return written
 
 
 def findings(found: Aggregate, params: dict[str, float]) -> list[str]:
+    """Random init, the Pareto front and the best method per budget, the crossings: every verdict with
+    the ties the seeds' noise leaves (analysis/noise.py states the rule, and the report repeats it)."""
     label = METRICS[found.y]
+    noise = noise_of(found.points + found.baselines)
     lines = ["## Findings", ""]
     for b in sorted(found.baselines, key=lambda b: str(b.backbone)):
         lines.append(
             f"- random init ({b.backbone or '-'}): {label} {b.y:.2f}"
-            + (f" ± {b.spread:.2f} over {b.seeds} seeds" if b.seeds > 1 else "")
+            + (f" ± {b.spread:.2f} over {b.seeds} seeds" if b.seeds > 1 else " (1 seed)")
         )
     if not found.points:
         return lines + ["", f"No pretrained run has a {label} yet.", ""]
-    lines += ["", f"### Pareto front ({label} against total FLOPs) and the best method at each budget", ""]
-    lines += [front_table(pareto_front(found.front_candidates()), best_per_budget(found.points), label), ""]
-    crossed = crossings(found.points, params)
+    lines += ["", f"Ties: {noise.describe()}", ""]
+    lines += [f"### Pareto front ({label} against total FLOPs) and the best method at each budget", ""]
+    lines += [
+        front_table(
+            pareto_front(found.front_candidates(), noise), best_per_budget(found.points, noise), label, noise
+        ),
+        "",
+    ]
+    crossed = crossings(found.points, params, noise)
     if crossed:
         lines += ["### Where a larger backbone overtakes a smaller one", "", crossing_table(crossed), ""]
     if any(p.seeds > 1 for p in found.points):
@@ -74,6 +93,42 @@ def findings(found: Aggregate, params: dict[str, float]) -> list[str]:
     else:
         lines += ["Every point has one seed: run more (e.g. `seed=0,1,2`) to see the spread.", ""]
     return lines
+
+
+def _flops(text: str) -> float:
+    """--predict-at's value: a positive number of FLOPs, or argparse's error naming the fix."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of FLOPs (e.g. 1e15)")
+    return value
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--predict-at",
+        type=_flops,
+        default=None,
+        metavar="FLOPS",
+        help="total FLOPs (pretraining + fine-tuning) at which the scaling fits predict each score and "
+        "the best method (default: 10x the largest budget of the runs)",
+    )
+
+
+def scaling_fits(
+    found: Aggregate, params: dict[str, float], predict_at: float | None
+) -> tuple[list[str], list[FitCurve]]:
+    """The "Scaling fits" section and the curves the score-vs-FLOPs figures draw (converged fits only,
+    extended to the predicted budget)."""
+    if not found.points:
+        return [], []
+    largest = max(p.budget for p in found.points) or max(float(p.x or 0) for p in found.points)
+    at = predict_at if predict_at is not None else 10 * largest
+    fits = fit_all(found.points)
+    lines = scaling_section(fits, at, params, METRICS[found.y], default=predict_at is None)
+    return lines, fit_curves(fits, at)
 
 
 def skipped(found: Collection) -> list[str]:
@@ -100,6 +155,13 @@ def main(argv: list[str] | None = None) -> None:
         "with transfer.probe=true); a metric other than miou names its files report_<metric>.md and "
         "<metric>_vs_*.png",
     )
+    add_fit_options(parser)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every run folder as budgetssl-verify does; runs that fail stay in the report, marked in "
+        "a `verified` column and listed with their failed checks",
+    )
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir} is not a folder of runs")
@@ -116,15 +178,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"budgetssl-report: error: no completed run has '{metric}'{hint}", file=sys.stderr)
         raise SystemExit(1)
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(records)
+    verified: list[str] = []
+    if args.verify:
+        from budgetssl.verify.marks import COLUMN, mark_runs  # imports torch: only when asked
+
+        verified = mark_runs(found.runs)
+    table = markdown_table(records, COLUMNS + [COLUMN] if args.verify else COLUMNS)
     by_flops = aggregate(records, "total_flops", metric)
     params = {
         str(r.identity.backbone): float(r.provenance.params)
         for r in records
         if r.identity.backbone and r.provenance and r.provenance.params
     }
-    drawn = figures(records, by_flops, out)
-    found_lines = findings(by_flops, params)
+    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at)
+    drawn = figures(records, by_flops, out, curves)
+    found_lines = findings(by_flops, params) + fit_lines
     csv_path = write_runs_csv(found.runs, out / RUNS_CSV)
     title = "# budgetssl report" + ("" if metric == "miou" else f": {METRICS[metric]} (`{metric}`)")
     lines = [title, "", found.describe() + "."]
@@ -134,11 +202,13 @@ def main(argv: list[str] | None = None) -> None:
             "Cost is `total_flops` (pretraining + fine-tuning); each probe's own cost is `probe_flops`.",
         ]
     lines += ["", "## Runs", "", table, ""]
-    lines += found_lines + skipped(found)
+    lines += verified + found_lines + skipped(found)
     lines += [f"![{p.stem}]({p.name})" for p in drawn] + [""]
     path = out / report_file(metric)
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(lines)))
     print(table)
+    if verified:
+        print("\n" + "\n".join(verified))
     print("\n" + "\n".join(found_lines))
     print(f"budgetssl-report: wrote {path}, {csv_path}" + "".join(f", {p}" for p in drawn))
 

@@ -25,6 +25,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from budgetssl.config.ladder import check_schedule
 from budgetssl.config.recipe import check_recipe
 from budgetssl.config.schema import (
     BackboneConfig,
@@ -185,6 +186,7 @@ def check_values(run: RunConfig) -> None:
     )
     _require(0 <= t.final_lr_ratio <= 1, f"train.final_lr_ratio must be in [0, 1], got {t.final_lr_ratio}")
     _require(0 <= t.warmup_fraction < 1, f"train.warmup_fraction must be in [0, 1), got {t.warmup_fraction}")
+    check_schedule(b, t)
     _require(t.grad_clip is None or t.grad_clip > 0, "train.grad_clip must be > 0 or null")
     check_recipe(t)
     _require(

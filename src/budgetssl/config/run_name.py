@@ -3,7 +3,8 @@
 `${run_name:}` in hydra.run.dir / hydra.sweep.subdir becomes
 `<command>_<method>_<backbone>_<dataset>_<budget>_<hash>`, the hash taken over the resolved config
 without the keys that cannot change a result (config/volatile.py: progress bars, logging, workers, the
-rerun flag; the same list a checkpoint's resume check reads). The
+rerun flag; the same list a checkpoint's resume check reads) and without keys added later while they
+are at the value that trains as before them (volatile.py AT_DEFAULT: train.schedule=cosine, ...). The
 command travels as hydra.job.name (from $BUDGETSSL_COMMAND), so a launcher's worker process (joblib,
 submitit) names runs alike.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from budgetssl.config.volatile import VOLATILE, without
+from budgetssl.config.volatile import VOLATILE, without, without_defaults
 
 RESOLVER = "run_name"
 COMMAND_ENV = "BUDGETSSL_COMMAND"  # set by each console script; config.yaml's hydra.job.name reads it
@@ -28,7 +29,7 @@ def job_name(command: str) -> str:
 
 
 def config_hash(job: dict[str, Any], command: str) -> str:
-    job = without(job, VOLATILE)
+    job = without_defaults(without(job, VOLATILE))
     text = json.dumps({"command": command, **job}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

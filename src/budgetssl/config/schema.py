@@ -44,6 +44,11 @@ GradClipMode = StrEnum("GradClipMode", {"global": "global", "per_param": "per_pa
 GradClipMode.__doc__ = "global: one norm over all gradients | per_param: each parameter's own (DINO's clip)"
 
 
+class Schedule(StrEnum):
+    cosine = "cosine"  # warm-up, then cosine decay over the whole budget
+    wsd = "wsd"  # warm-up, stable at the peak, a cool-down over the last train.cooldown_fraction (ladders)
+
+
 class NoWeightDecay(StrEnum):
     biases_norms = "biases_norms"  # 1-d parameters: biases and norm scales
     tokens = "tokens"  # what timm's `no_weight_decay()` names: position embeddings, class tokens
@@ -62,7 +67,8 @@ class EvalMode(StrEnum):
 
 @dataclass
 class BudgetConfig:
-    flops: float = MISSING  # training FLOPs to spend, fma=2 convention
+    flops: float = MISSING  # training FLOPs to spend, fma=2 convention; with a ladder, its largest rung
+    ladder: list[float] | None = MISSING  # null, or the rungs' budgets: one trunk, a cool-down per rung
 
 
 @dataclass
@@ -84,6 +90,8 @@ class TrainConfig:
     no_weight_decay: list[NoWeightDecay] = MISSING  # parameters without weight decay: biases_norms, tokens
     final_lr_ratio: float = MISSING  # cosine decays to lr * final_lr_ratio on the last step
     warmup_fraction: float = MISSING  # fraction of the planned steps spent warming up
+    schedule: Schedule = MISSING  # cosine | wsd (warm-up, stable, decay: budget.ladder needs it)
+    cooldown_fraction: float = MISSING  # wsd: the share of each budget spent cooling down
     grad_clip: float | None = MISSING  # null: no clipping
     grad_clip_mode: GradClipMode = MISSING  # global (one norm over all gradients) | per_param (DINO's clip)
     drop_path: float = MISSING  # stochastic depth rate of the pretrained backbone

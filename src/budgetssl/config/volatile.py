@@ -25,6 +25,31 @@ VOLATILE: tuple[str, ...] = (
 )
 
 
+# Keys added after run folders were named, at the value that trains exactly as before they existed: left
+# out of the run folder's hash at that value (existing folders are found again) and read as that value
+# in a checkpoint written before them (it resumes).
+AT_DEFAULT: dict[str, Any] = {
+    "train.schedule": "cosine",
+    "train.cooldown_fraction": 0.2,
+    "budget.ladder": None,
+}
+
+
+def without_defaults(tree: dict[str, Any], defaults: dict[str, Any] = AT_DEFAULT) -> dict[str, Any]:
+    """A copy of the nested config `tree` without the keys of `defaults` that are at their value there."""
+    out = tree
+    for key, value in defaults.items():
+        node: Any = tree
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT and node == value:
+            out = without(out, [key])
+    return out
+
+
+_ABSENT = object()
+
+
 def covered(key: str, keys: Iterable[str] = VOLATILE) -> bool:
     """Whether the dotted `key` is one of `keys` or lies under one of them."""
     return any(key == k or key.startswith(f"{k}.") for k in keys)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from budgetssl.config.volatile import VOLATILE, covered
+from budgetssl.config.volatile import VOLATILE, covered, without_defaults
 from budgetssl.errors import BudgetSSLError, ConfigError
 from budgetssl.record.files import megabytes, no_space
 
@@ -160,8 +160,9 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def check_same_config(
     saved: dict[str, Any], current: dict[str, Any], path: Path, may_change: tuple[str, ...] = MAY_CHANGE
 ) -> None:
-    """A checkpoint resumes only the run it came from: same method, data, budget, batch, seed..."""
-    a, b = flatten(saved), flatten(current)
+    """A checkpoint resumes only the run it came from: same method, data, budget, batch, seed... (a key
+    added since it was written reads as the value that trains as before it: volatile.py AT_DEFAULT)."""
+    a, b = flatten(without_defaults(saved)), flatten(without_defaults(current))
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and not covered(k, may_change))
     if differ:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:3])

@@ -1,5 +1,10 @@
 """The one training loop: a metered first step, a plan from the budget, schedules over that plan.
 
+Each step's schedules read its Clock (engine/schedule.py), which the settings' Timeline makes from the
+step and the plan: one fraction under cosine; under wsd a warm-up position and an anneal position. A
+run may stop before its plan's end (`until`: a ladder's trunk at a rung's branch point), with its
+schedules still those of the whole plan.
+
 The loop knows no method: it trains a Task (engine.task) with a Trainer (engine.trainer: one update),
 prices every step with the meter before spending it (engine.metering), checkpoints and resumes through
 a Checkpointer (engine.state) and stops on a preemption signal (engine.signals) after saving. Under
@@ -15,7 +20,7 @@ kept in the state and returned.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +73,11 @@ class LoopResult:
         return self.timing.meter_seconds(self.wall_seconds, self.steps) if self.timing else 0.0
 
 
+def last_step(plan: Plan, until: Callable[[Plan], int] | None) -> int:
+    """The step this call trains to: the plan's end, or earlier where `until` says (a trunk's stop)."""
+    return plan.steps if until is None else min(plan.steps, until(plan))
+
+
 def logged(step: int, every: int, last: int) -> bool:
     """Whether step `step` gets a metrics row: the first, every `every`-th and the last."""
     return step == 1 or step % every == 0 or step == last
@@ -102,12 +112,15 @@ def train(
     label: str = "train",
     checkpoints: Checkpoints | None = None,
     distributed: bool = False,
+    until: Callable[[Plan], int] | None = None,
 ) -> LoopResult:
     """Train until the plan is done or the next step would overspend the budget.
 
     `distributed`: train data-parallel over the ranks torchrun started (engine.distributed.start);
     otherwise every process trains on its own. With `checkpoints`, resume from the newest, save every
-    `checkpoint_every_steps`, on a stop signal (then raise Interrupted) and once at the end.
+    `checkpoint_every_steps`, on a stop signal (then raise Interrupted) and once at the end. `until`:
+    stop after step until(plan) instead (once the plan is known; the first step is always taken), saving
+    there as at an end, so a later call with a later `until` resumes from it.
     """
     world = current() if distributed else World()
     trainer = Trainer(task, settings, world)
@@ -119,23 +132,24 @@ def train(
     resumed_from = state.step
     if log is not None:
         log.discard_after(label, state.step)  # rows an interrupted attempt logged past its checkpoint
+    timeline = settings.timeline
     if state.plan is not None:
-        task.on_plan(state.plan.steps)
+        task.on_plan(timeline.reference_steps(state.plan))
         progress.start(state.plan.steps, state.plan.budget_flops)
         progress.update(state.step, state.spent, state.loss)
     task.train()
     state.started = tick = time.perf_counter()
     window = Window(state, tick)
     try:
-        while state.plan is None or state.step < state.plan.steps:
+        while state.plan is None or state.step < last_step(state.plan, until):
             batch = to_device(next(batches), trainer.device)
             ready = time.perf_counter()
             state.timing.data += ready - tick
-            fraction = state.fraction
-            lr = trainer.schedule(fraction)
+            clock = timeline.clock(state.step, state.plan)
+            lr = trainer.schedule(clock)
             metered = state.plan is None
             if metered:
-                first = first_step(trainer, meter, budget, batch, fraction)
+                first = first_step(trainer, meter, budget, batch, clock, timeline.reference_steps)
                 loss, logs, cost = first.loss, first.logs, first.cost
                 state.first, state.plan = first.cost, first.plan
                 progress.start(state.plan.steps, state.plan.budget_flops)
@@ -146,7 +160,7 @@ def train(
                 state.timing.probes += priced.seconds
                 if state.spent + cost.total > state.plan.budget_flops:
                     break
-                loss, logs = trainer.step(batch, None, fraction)
+                loss, logs = trainer.step(batch, None, clock)
             if not world.distributed:  # one process stops as soon as it is asked; ranks when one voted
                 stop = signals.requested() is not None
             state.spent += cost.total
@@ -154,14 +168,15 @@ def train(
             losses.add(loss, state.step)
             state.lr, state.logs = lr, logs
             save = stop or saver.due(state.step)
-            if save or losses.full or logged(state.step, settings.log_every, state.plan.steps):
+            last = last_step(state.plan, until)
+            if save or losses.full or logged(state.step, settings.log_every, last):
                 # The host reads the losses (a non-finite one ends the run here, with its step), and
                 # before a checkpoint the weights are checked too: none holds non-finite weights.
                 state.losses(losses.read(state.step, trainer.params if save else None))
             now = time.perf_counter()
             if metered:
                 state.timing.first_step += now - ready
-            if log is not None and logged(state.step, settings.log_every, state.plan.steps):
+            if log is not None and logged(state.step, settings.log_every, last):
                 row = {"stage": label, "step": state.step, "flops": state.spent, "loss": state.loss, "lr": lr}
                 log.write(row | window.row(state, now) | host_values(logs))
             progress.update(state.step, state.spent, state.loss)

@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from budgetssl.engine.distributed import World
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.meter.budget import Budget, Plan
 from budgetssl.meter.counter import PassCounter
 from budgetssl.meter.step_meter import StepCost, StepMeter
+
+Span = Callable[[Plan], int]  # the steps a plan's schedules span (the EMA teacher is planned on them)
+
+
+def plan_steps(plan: Plan) -> int:
+    return plan.steps
 
 
 @dataclass
@@ -37,28 +45,36 @@ class EarlyPlan:
     task so that step's update already follows it. That work is element-wise and counts 0 FLOPs in
     practice; where it does not, `first_step` re-makes the plan from the whole step and tells it again."""
 
-    def __init__(self, counter: PassCounter, world: World, budget: Budget, task: Task) -> None:
-        self.counter, self.world, self.budget, self.task = counter, world, budget, task
+    def __init__(
+        self, counter: PassCounter, world: World, budget: Budget, task: Task, span: Span = plan_steps
+    ) -> None:
+        self.counter, self.world, self.budget, self.task, self.span = counter, world, budget, task, span
         self.steps = 0
 
     def __call__(self) -> dict[str, float]:
         passes = summed(self.counter.passes, self.world)
-        self.steps = self.budget.plan(sum(p["total"] for p in passes.values())).steps
+        self.steps = self.span(self.budget.plan(sum(p["total"] for p in passes.values())))
         return self.task.on_plan(self.steps)
 
 
 def first_step(
-    trainer: Trainer, meter: StepMeter, budget: Budget, batch: dict[str, Any], fraction: float
+    trainer: Trainer,
+    meter: StepMeter,
+    budget: Budget,
+    batch: dict[str, Any],
+    fraction: Clock | float,
+    span: Span = plan_steps,
 ) -> FirstStep:
-    """Run the first update under the counter, remember its cost and plan the budget from it."""
+    """Run the first update under the counter, remember its cost and plan the budget from it. The task
+    is told the steps its schedules span, `span(plan)` (engine/schedule.py Timeline.reference_steps)."""
     counter = PassCounter()
-    early = EarlyPlan(counter, trainer.world, budget, trainer.task)
+    early = EarlyPlan(counter, trainer.world, budget, trainer.task, span)
     loss, logs = trainer.step(batch, counter, fraction, before_step_end=early)
     counter.passes = summed(counter.passes, trainer.world)
     cost = meter.record(batch, counter)
     plan = budget.plan(cost.total)
-    if plan.steps != early.steps:
-        trainer.task.on_plan(plan.steps)
+    if span(plan) != early.steps:
+        trainer.task.on_plan(span(plan))
     return FirstStep(loss, logs, cost, plan)
 
 

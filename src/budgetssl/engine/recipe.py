@@ -17,7 +17,7 @@ from torch import nn
 
 from budgetssl.config.recipe import optimizer_kwargs
 from budgetssl.config.schema import LrScaling, TrainConfig
-from budgetssl.engine.schedule import cosine, warmup_cosine
+from budgetssl.engine.schedule import COSINE, Clock, cosine, warmup_cosine, warmup_wsd
 from budgetssl.errors import ConfigError
 
 NO_WEIGHT_DECAY = ("biases_norms", "tokens")
@@ -45,9 +45,10 @@ def peak_lr(t: TrainConfig) -> float:
 
 @dataclass(frozen=True)
 class Recipe:
-    """What the optimizer does over the plan: peak lr with warm-up and cosine decay, weight decay
-    (constant or cosine to `weight_decay_end`) and which parameters skip it, the optimizer and its
-    options, gradient clipping. Schedules run on the fraction of the plan done."""
+    """What the optimizer does over the plan: peak lr with warm-up and cosine decay (or, under
+    `schedule` wsd, warm-up, the peak, and a cool-down), weight decay (constant or cosine to
+    `weight_decay_end`) and which parameters skip it, the optimizer and its options, gradient clipping.
+    Schedules run on a step's Clock (engine/schedule.py): warm-ups on its `warm`, decays on `anneal`."""
 
     lr: float  # the peak lr, after batch scaling
     final_lr_ratio: float
@@ -61,6 +62,7 @@ class Recipe:
     momentum: float | None = None
     grad_clip: float | None = None
     grad_clip_mode: str = "global"  # global | per_param
+    schedule: str = COSINE  # cosine | wsd (train.schedule)
 
     @classmethod
     def from_train(cls, t: TrainConfig) -> Recipe:
@@ -78,18 +80,23 @@ class Recipe:
             momentum=t.momentum,
             grad_clip=t.grad_clip,
             grad_clip_mode=t.grad_clip_mode,
+            schedule=str(t.schedule),
         )
 
-    def lr_at(self, fraction: float) -> float:
-        """Linear warm-up from the final lr to the peak, then cosine back to the final lr."""
+    def lr_at(self, clock: Clock | float) -> float:
+        """Linear warm-up from the final lr to the peak, then cosine back to the final lr; under wsd the
+        peak until the cool-down, then 1 - sqrt to the final lr (engine/schedule.py warmup_wsd)."""
         end = self.lr * self.final_lr_ratio
-        return warmup_cosine(fraction, peak=self.lr, end=end, warmup=self.warmup_fraction, start=end)
+        if self.schedule == COSINE:  # one position: today's fraction, bit for bit
+            return warmup_cosine(clock, peak=self.lr, end=end, warmup=self.warmup_fraction, start=end)
+        return warmup_wsd(Clock.of(clock), peak=self.lr, end=end, warmup=self.warmup_fraction, start=end)
 
-    def weight_decay_at(self, fraction: float) -> float:
-        """Constant, or DINO's cosine from weight_decay to weight_decay_end over the budget."""
+    def weight_decay_at(self, clock: Clock | float) -> float:
+        """Constant, or DINO's cosine from weight_decay to weight_decay_end over the budget (an annealed
+        value: under wsd at its start on the trunk, on its cosine over the cool-down)."""
         if self.weight_decay_end is None:
             return self.weight_decay
-        return cosine(fraction, self.weight_decay, self.weight_decay_end)
+        return cosine(Clock.of(clock).anneal, self.weight_decay, self.weight_decay_end)
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         return optimizer_kwargs(self.betas, self.eps, self.momentum)
@@ -112,6 +119,8 @@ def resolve_recipe(t: TrainConfig) -> dict[str, Any]:
         "no_weight_decay": list(t.no_weight_decay),
         "warmup_fraction": t.warmup_fraction,
         "final_lr_ratio": t.final_lr_ratio,
+        "schedule": str(t.schedule),
+        "cooldown_fraction": t.cooldown_fraction if t.schedule != COSINE else None,
         "grad_clip": t.grad_clip,
         "grad_clip_mode": t.grad_clip_mode if t.grad_clip is not None else "none",
         "drop_path": t.drop_path,

@@ -1,4 +1,5 @@
-"""The loop's settings: the recipe it optimises with, and how it runs (precision, device, reporting)."""
+"""The loop's settings: the recipe it optimises with, the timeline its schedules run on, and how it runs
+(precision, device, reporting)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 from budgetssl.config.schema import TrainConfig
 from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.schedule import Timeline
 
 
 @dataclass(frozen=True)
@@ -18,13 +20,19 @@ class LoopSettings:
     compile: bool = False  # torch.compile the task's forward; the metered steps run eager
     log_every: int = 10
     progress: bool = True
+    # How steps map to clocks: cosine, or wsd with its cool-down and warm-up reference (a ladder's
+    # smallest rung: the pretraining stage sets it, stages/pretrain.py loop_settings).
+    timeline: Timeline = Timeline()
 
     @classmethod
     def from_train(cls, t: TrainConfig, recipe: Recipe | None = None) -> LoopSettings:
-        """How `train:` says to run, with its own recipe or with `recipe`: the transfer brings its own,
-        since it fine-tunes every backbone on one protocol whatever recipe pretrained it."""
+        """How `train:` says to run, with its own recipe and schedule (train.schedule) or with `recipe`
+        on a cosine timeline: the transfer brings its own, since it fine-tunes every backbone on one
+        protocol whatever recipe pretrained it."""
+        own = recipe is None
         return cls(
-            recipe=recipe if recipe is not None else Recipe.from_train(t),
+            recipe=Recipe.from_train(t) if own else recipe,  # type: ignore[arg-type]
+            timeline=Timeline(str(t.schedule), t.cooldown_fraction) if own else Timeline(),
             precision=t.precision,
             device=t.device,
             tf32=t.tf32,

@@ -3,8 +3,9 @@
 Saved: the task (method modules, EMA teachers, centres and scheduled values are all in its state_dict),
 the trainer's state (optimizer, gradient scaler), every rank's RNG states, the meter's spent FLOPs,
 steps, plan and measured step costs (a resumed run never re-measures or re-spends), and the data
-position. Learning-rate and method schedules are functions of the fraction of the plan done, so they
-resume from `step`.
+position. Learning-rate and method schedules are functions of the step's clock, made from `step` and
+the plan (engine/schedule.py Timeline), so they resume from `step`. A checkpoint may also start another
+run: a ladder's rung branches from its trunk's checkpoint with its own plan (stages/ladder.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any, Protocol, runtime_checkable
 from budgetssl.engine import rng
 from budgetssl.engine.checkpoint import CheckpointError, Checkpoints
 from budgetssl.engine.distributed import World
-from budgetssl.engine.schedule import step_fraction
 from budgetssl.engine.task import host_values
 from budgetssl.engine.trainer import Trainer
 from budgetssl.meter.budget import Plan
@@ -77,11 +77,6 @@ class RunState:
             self.first_loss = read[0][1]
         if read:
             self.loss = read[-1][1]
-
-    @property
-    def fraction(self) -> float:
-        """The share of the plan done at this step: 0 before (and on) the first."""
-        return 0.0 if self.plan is None else step_fraction(self.step, self.plan.steps)
 
     def wall_seconds(self) -> float:
         """Training wall time of every attempt so far, this one included."""

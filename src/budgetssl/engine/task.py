@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from budgetssl.engine.schedule import Clock
+
 
 @dataclass
 class StepOutput:
@@ -42,16 +44,20 @@ class Task(nn.Module):
         return None
 
     def on_plan(self, steps: int) -> dict[str, float]:
-        """The plan has `steps` updates; returns scheduled values the plan changed, to log."""
+        """The plan's schedules span `steps` updates (engine/schedule.py Timeline.reference_steps: the
+        plan's own under cosine, a ladder's smallest rung's under wsd); returns scheduled values the plan
+        changed, to log."""
         return {}
 
-    def on_step_start(self, fraction: float) -> dict[str, float]:
-        """Before the forward; returns scheduled values worth logging."""
+    def on_step_start(self, clock: Clock) -> dict[str, float]:
+        """Before the forward; returns scheduled values worth logging. `clock` (engine/schedule.py) is
+        where the step stands: warm-ups and freezes read `clock.warm`, annealed values `clock.anneal`
+        (also its value as a float); a caller may pass a bare fraction (`Clock.of` reads it)."""
         return {}
 
-    def on_after_backward(self, fraction: float) -> None:
+    def on_after_backward(self, clock: Clock) -> None:
         """After the backward pass, before gradient clipping and the optimizer step."""
 
-    def on_step_end(self, fraction: float) -> dict[str, float]:
+    def on_step_end(self, clock: Clock) -> dict[str, float]:
         """After the optimizer step (EMA updates); returns scheduled values worth logging."""
         return {}

@@ -24,6 +24,7 @@ from torch import nn
 from budgetssl.engine.distributed import World, all_reduce_gradients, wrap
 from budgetssl.engine.precision import Precision, resolve_device
 from budgetssl.engine.recipe import clip_per_parameter, count_params, decays, param_groups
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import Task
 from budgetssl.errors import BudgetSSLError
@@ -151,9 +152,11 @@ class Trainer:
             "channels_last": self.channels_last,
         }
 
-    def schedule(self, fraction: float) -> float:
-        """Set this step's lr (times each group's lr_scale) and weight decay (decayed groups only)."""
-        lr, wd = self.recipe.lr_at(fraction), self.recipe.weight_decay_at(fraction)
+    def schedule(self, clock: Clock | float) -> float:
+        """Set this step's lr (times each group's lr_scale) and weight decay (decayed groups only) from
+        its clock (engine/schedule.py; a bare fraction is both of its positions)."""
+        clock = Clock.of(clock)
+        lr, wd = self.recipe.lr_at(clock), self.recipe.weight_decay_at(clock)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
             if decays(group):
@@ -164,19 +167,21 @@ class Trainer:
         self,
         batch: dict[str, Any],
         counter: PassCounter | None,
-        fraction: float,
+        fraction: Clock | float,
         before_step_end: Callable[[], dict[str, float]] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One update, counted by pass into `counter` when given (the metered step). `before_step_end`
-        runs after the optimizer step and before the task's on_step_end (the metered first step plans
-        the budget there, so EMA teachers know it)."""
+        """One update at the step's clock `fraction` (a bare fraction: both positions), counted by pass
+        into `counter` when given (the metered step). `before_step_end` runs after the optimizer step and
+        before the task's on_step_end (the metered first step plans the budget there, so EMA teachers
+        know it)."""
+        clock = Clock.of(fraction)
         metered = counter is not None
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler
         model = self.model(metered)
         if self.channels_last:
             batch = channels_last(batch)
-        scheduled = self.task.on_step_start(fraction)
+        scheduled = self.task.on_step_start(clock)
         with count("forward", self.task), self.precision.autocast():
             out = model(batch)
         with count("backward"):
@@ -184,7 +189,7 @@ class Trainer:
         if metered and self.world.distributed:
             self.find_unused = self.world.any(any(p.grad is None for p in self.params))
             all_reduce_gradients(self.params, self.world)
-        self.task.on_after_backward(fraction)  # e.g. DINO's frozen last layer drops its gradients
+        self.task.on_after_backward(clock)  # e.g. DINO's frozen last layer drops its gradients
         with count("optimizer"):
             self.clip()
             scaler.step(self.optimizer)
@@ -194,7 +199,7 @@ class Trainer:
             scheduled = {**scheduled, **before_step_end()}
         logs = {**scheduled, **out.logs}
         with count("after_step"):
-            logs.update(self.task.on_step_end(fraction))
+            logs.update(self.task.on_step_end(clock))
         return out.loss.detach(), logs
 
     def clip(self) -> None:

@@ -26,12 +26,15 @@ class Method(Task):
     - `needs`: sample fields the method reads besides the image ("label", "caption").
     - `forward_only`: names of submodules that run forward only (EMA teachers); they get no
       gradients and no optimizer state, and the meter counts their forward passes once.
-    - `on_plan(steps)` is told the plan's length once the budget is priced (budget-aware EMA);
-      `on_step_start(fraction)` sets scheduled values (temperatures, momenta) for the step about
-      to run; `forward(batch)` computes its loss; `on_after_backward(fraction)` may edit gradients
-      before clipping and the optimizer step (DINO's frozen last layer); `on_step_end(fraction)`
-      runs after the optimizer step (EMA updates). `fraction` is the share of the planned budget
-      spent: 0 on the first step, 1 on the last, so every budget gets a complete schedule.
+    - `on_plan(steps)` is told the steps its schedules span once the budget is priced (budget-aware
+      EMA); `on_step_start(clock)` sets scheduled values (temperatures, momenta) for the step about
+      to run; `forward(batch)` computes its loss; `on_after_backward(clock)` may edit gradients
+      before clipping and the optimizer step (DINO's frozen last layer); `on_step_end(clock)`
+      runs after the optimizer step (EMA updates). `clock` (engine/schedule.py Clock) says where the
+      step stands, 0 on the first step and 1 on the last, so every budget gets a complete schedule:
+      warm-ups and freezes read `clock.warm`, annealed values (momenta, decays) `clock.anneal`. They
+      are one fraction under train.schedule=cosine; under wsd (a ladder's trunk, whose end is not
+      known at its start) `anneal` stays 0 until a rung's cool-down.
     - `validation_scores(val_set)` scores the pretrained model on held-out data where the method can
       (a classifier's accuracy); `summary_fields()` adds what the record should say of the method.
     - State that a resumed run needs (EMA teachers, centres, the current scheduled values) lives

@@ -14,6 +14,13 @@ W <= exp(-(1 - m0) N / 2). Hence the planned start
 keeps W <= W_max = 1% at any plan length and equals the reference schedule (m0' = m0) whenever the
 plan has at least 2 ln(100) / (1 - m0) = 2303 updates (m0 = 0.996), which every reference run has
 (BYOL: 300 epochs of ImageNet at batch 4096, about 94k updates).
+
+Under train.schedule=wsd the momentum is an annealed value (engine/schedule.py): it stays at its planned
+start on the trunk and rises to 1 on the cosine over each rung's cool-down. Its start is planned on the
+ladder's smallest rung (Timeline.reference_steps), because the trunk shares one start with every rung
+before any rung's end is known, and the bound holds for every rung with it: a rung of N updates spends
+its first N - C at m0' and its last C (the cool-down) on the cosine, so sum_i (1 - m_i) =
+(1 - m0') (N - C / 2) >= (1 - m0') N / 2, and N is smallest for the smallest rung, which m0' is fitted to.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ MAX_INIT_WEIGHT = 0.01  # the most the random initial teacher may weigh in the f
 
 
 def momentum_at(fraction: float, base: float) -> float:
-    """BYOL/DINO schedule: cosine from `base` at the start to 1 at the end of the budget."""
+    """BYOL/DINO schedule: cosine from `base` at the start to 1 at the end of the budget (`fraction`: a
+    step's clock.anneal)."""
     return cosine(fraction, base, 1.0)
 
 
@@ -83,9 +91,10 @@ class EmaTeacher(nn.Module):
             x = part(x)
         return x
 
-    def schedule(self, fraction: float) -> float:
+    def schedule(self, anneal: float) -> float:
+        """Set the momentum of the step at `anneal` (its clock's anneal position; a Clock reads as it)."""
         base = self.planned_now if self.planned_now is not None else float(self.planned_base)
-        m = momentum_at(fraction, base)
+        m = momentum_at(float(anneal), base)
         self.momentum.fill_(m)
         self.momentum_now = m
         return m

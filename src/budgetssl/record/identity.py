@@ -18,6 +18,7 @@ KEYS = {
     "budget_flops": "budget.flops",
     "batch_size": "train.batch_size",
     "image_size": "dataset.image_size",
+    "schedule": "train.schedule",
 }
 
 

@@ -34,6 +34,7 @@ class Identity:
     budget_flops: float | None = _f(FLOPS)
     batch_size: int | None = _f("images per global batch")
     image_size: int | None = _f("pixels")
+    schedule: str | None = _f()  # train.schedule: cosine | wsd (a ladder's rungs); None: older, cosine
 
 
 @dataclass
@@ -89,6 +90,10 @@ class Pretraining:
     world_size: int | None = _f("processes")
     nodes: int | None = _f()
     resumed_from_step: int | None = _f("steps")
+    # The pretraining data's classes (0: unlabelled): a classifier's width, which budgetssl-verify needs to
+    # rebuild the step where the dataset itself is not at hand.
+    data_classes: int | None = _f("classes")
+    ladder: dict[str, Any] | None = _f()  # a budget ladder's trunk or rung: role, rungs, FLOPs shared
     precision: str | None = _f()  # fp32 | bf16 | fp16: the autocast dtype the steps ran in
     tf32: bool | None = _f()  # fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and later)
     compiled: bool | None = _f()  # train.compile: steps after the metered first ran under torch.compile
@@ -118,6 +123,8 @@ class Provenance:
     backbone_family: str | None = _f()
     backbone_timm: dict[str, Any] | None = _f()  # timm name and kwargs: timm.create_model rebuilds it
     backbone_weights: str | None = _f()  # inside the run folder
+    # The weights file's sha256 as pretraining wrote it (rank 0): budgetssl-verify checks the file against it.
+    backbone_weights_sha256: str | None = _f("sha256, hex")
     pretrain_run: str | None = _f()  # budgetssl-transfer: the run transferred from
 
 

@@ -7,6 +7,7 @@ configured `backbone=`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,16 @@ def save_backbone(backbone: Backbone, folder: Path, provenance: dict[str, Any] |
     }
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return WEIGHTS
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (hex), read in chunks: the record stores its weights file's digest so
+    that anyone can check the file is the one the run wrote (budgetssl-verify)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_file(source: Path) -> Path:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from budgetssl.config.check import RunConfig
 from budgetssl.record.sections import Record
 
+if TYPE_CHECKING:
+    from budgetssl.backbones.backbone import Backbone
+
 
 def pretrain_only(run: RunConfig, folder: Path) -> Record:
-    """budgetssl-pretrain."""
+    """budgetssl-pretrain (with budget.ladder: the ladder, each rung a run folder under this one)."""
+    if run.budget.ladder is not None:
+        from budgetssl.stages.ladder import ladder
+
+        return ladder(run, folder, "budgetssl-pretrain")
     from budgetssl.stages.pretrain import pretrain
 
     return pretrain(run, folder)[1]
@@ -25,10 +33,19 @@ def transfer_only(run: RunConfig, folder: Path) -> Record:
 
 
 def pretrain_then_transfer(run: RunConfig, folder: Path) -> Record:
-    """budgetssl-run: one record of both stages."""
-    from budgetssl.stages.pretrain import pretrain
+    """budgetssl-run: one record of both stages (with budget.ladder: each rung's record holds both, and
+    this folder's the trunk's)."""
     from budgetssl.stages.transfer import transfer
 
+    def transferred(rung: RunConfig, rung_folder: Path, backbone: Backbone) -> dict[str, Any]:
+        section, probed = transfer(rung, rung_folder, backbone)
+        return {"transfer": section, "probe": probed}
+
+    if run.budget.ladder is not None:
+        from budgetssl.stages.ladder import ladder
+
+        return ladder(run, folder, "budgetssl-run", then=transferred)
+    from budgetssl.stages.pretrain import pretrain
+
     backbone, record = pretrain(run, folder)
-    section, probed = transfer(run, folder, backbone)
-    return record.merge(transfer=section, probe=probed)
+    return record.merge(**transferred(run, folder, backbone))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from budgetssl.backbones.backbone import Backbone, build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
+from budgetssl.config.schema import EnergyConfig
 from budgetssl.data.base import build_dataset
 from budgetssl.data.loader import Batches, LoaderOptions, collate_images, endless_batches
 from budgetssl.engine import distributed
@@ -31,12 +33,32 @@ from budgetssl.methods.batched import OnDevice, device_views
 from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Energy, Identity, Pretraining, Provenance, Record, split
-from budgetssl.record.weights import WEIGHTS, save_backbone
+from budgetssl.record.weights import WEIGHTS, file_sha256, save_backbone
 
 
 def loop_settings(run: RunConfig) -> LoopSettings:
-    """The method's recipe and how the loop runs, both from `train:`."""
-    return LoopSettings.from_train(run.train)
+    """The method's recipe, its schedule and how the loop runs, from `train:`; with a ladder, warm-ups
+    span its smallest rung (engine/schedule.py)."""
+    settings = LoopSettings.from_train(run.train)
+    if run.budget.ladder:
+        timeline = replace(settings.timeline, reference_flops=min(run.budget.ladder))
+        settings = replace(settings, timeline=timeline)
+    return settings
+
+
+def pretrain_checkpoints(run: RunConfig, folder: Path) -> Checkpoints:
+    """The pretraining checkpoints of the run folder `folder` (rank 0 writes them)."""
+    return Checkpoints(
+        folder / CHECKPOINTS,
+        run.train.checkpoint_every_steps,
+        config=run.to_dict(),
+        write=distributed.current().is_main,
+    )
+
+
+def energy_tracked(run: RunConfig) -> EnergyConfig:
+    """codecarbon measures the whole machine: one tracker per node (local rank 0), summed over nodes."""
+    return replace(run.energy, track=run.energy.track and distributed.current().local_rank == 0)
 
 
 def build(run: RunConfig) -> tuple[Method, Batches]:
@@ -87,15 +109,12 @@ def flops_per_image(backbone: Backbone, image_size: int) -> int:
 
 def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
     """Train until the budget is spent; save the backbone; return it and its record (identity,
-    pretraining, energy, provenance)."""
+    pretraining, energy, provenance). A ladder (budget.ladder) is stages/ladder.py's."""
+    if run.budget.ladder is not None:
+        raise BudgetSSLError("a budget ladder runs through stages/ladder.py (budgetssl-pretrain/-run do)")
     world = distributed.current()
     method, batches = build(run)
-    checkpoints = Checkpoints(
-        folder / CHECKPOINTS, run.train.checkpoint_every_steps, config=run.to_dict(), write=world.is_main
-    )
-    # codecarbon measures the whole machine: one tracker per node (local rank 0), summed over nodes.
-    track = replace(run.energy, track=run.energy.track and world.local_rank == 0)
-    with EnergyTracker(track) as energy:
+    with EnergyTracker(energy_tracked(run)) as energy:
         result = train(
             method,
             batches,
@@ -103,13 +122,32 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
             FlopBudget(run.budget.flops),
             MetricsLog(folder / "metrics.jsonl", enabled=world.is_main),
             label="pretrain",
-            checkpoints=checkpoints,
+            checkpoints=pretrain_checkpoints(run, folder),
             distributed=True,
         )
+    return pretrained(run, folder, method, batches, result, energy.reading)
+
+
+def pretrained(
+    run: RunConfig,
+    folder: Path,
+    method: Method,
+    batches: Batches,
+    result: LoopResult,
+    reading: EnergyReading,
+    ladder: dict[str, Any] | None = None,
+    keep_method: bool = False,
+    weights: bool = True,
+) -> tuple[Backbone, Record]:
+    """The trained method's backbone (saved in `folder` unless not `weights`) and its record.
+    `keep_method`: the method trains on after this (a ladder's trunk), so the backbone returned is a
+    copy and the method keeps its own settings; `ladder`: the record's ladder field."""
+    world = distributed.current()
     # The transfer fine-tunes every parameter (MAE's fixed position embedding too, as MAE's fine-tuning
     # does) and without stochastic depth, as a backbone rebuilt from its weights file would.
-    backbone = without_drop_path(method.backbone).requires_grad_(True)
-    scores = validation_scores(run, method) if world.is_main else {}
+    trained = copy.deepcopy(method.backbone) if keep_method else method.backbone
+    backbone = without_drop_path(trained).requires_grad_(True)
+    scores = validation_scores(run, method) if world.is_main and weights else {}
     counted = time.perf_counter()
     image_flops = flops_per_image(backbone, run.dataset.image_size)
     counted = time.perf_counter() - counted
@@ -137,17 +175,21 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
             "world_size": result.world_size,
             "nodes": world.nodes,
             "resumed_from_step": result.resumed_from_step,
+            "data_classes": method.data.num_classes,
+            "ladder": ladder,
             **result.runtime,  # precision, tf32, compiled, optimizer_impl, channels_last
         },
     )
     identity = identity_of(run)
     # The weights file carries what it cost, so that a bare file transfers with its pretraining's record.
-    weights = (
-        save_backbone(backbone, folder, weights_provenance(identity, pretraining))
-        if world.is_main
-        else WEIGHTS
-    )
-    reading, nodes_tracked = over_nodes(energy.reading, world)
+    saved = None
+    if weights:
+        saved = (
+            save_backbone(backbone, folder, weights_provenance(identity, pretraining))
+            if world.is_main
+            else WEIGHTS
+        )
+    reading, nodes_tracked = over_nodes(reading, world)
     estimate = estimate_co2(result.flops, run.energy.hardware)
     return backbone, Record(
         identity=identity,
@@ -164,7 +206,9 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
             params=sum(p.numel() for p in backbone.parameters()),
             backbone_family=backbone.family,
             backbone_timm=backbone.timm_spec(),
-            backbone_weights=weights,
+            backbone_weights=saved,
+            # The file as written (rank 0 writes it and the record): budgetssl-verify checks it against this.
+            backbone_weights_sha256=file_sha256(folder / saved) if saved and world.is_main else None,
         ),
         extra=extra,
     )

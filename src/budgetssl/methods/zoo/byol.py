@@ -1,7 +1,8 @@
 """BYOL (Grill et al., 2020, "Bootstrap Your Own Latent").
 
 An online network (backbone, projector, predictor) regresses the projection of a target network that
-trails it by EMA; the momentum rises from `base_momentum` to 1 on a cosine over the budget. The loss
+trails it by EMA; the momentum rises from `base_momentum` to 1 on a cosine over the budget (an
+annealed value: engine/schedule.py). The loss
 is symmetric: each view's prediction regresses the other view's target. On ViTs the projector and
 predictor are the MoCo v3 study's (3 and 2 layers, batch norm after every one); on ResNets BYOL's own
 (configs/method/resnet/byol.yaml).
@@ -19,6 +20,7 @@ from omegaconf import MISSING
 from budgetssl.backbones.backbone import Backbone, without_drop_path
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
@@ -99,8 +101,8 @@ class BYOL(Method):
         second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
         return MultiView({"views": [first, second]})
 
-    def on_step_start(self, fraction: float) -> dict[str, float]:
-        return {"momentum": self.teacher.schedule(fraction)}
+    def on_step_start(self, clock: Clock) -> dict[str, float]:
+        return {"momentum": self.teacher.schedule(Clock.of(clock).anneal)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         views = batch["views"]
@@ -110,6 +112,6 @@ class BYOL(Method):
         z = self.teacher(x)
         return StepOutput(byol_loss(p[:b], p[b:], z[:b], z[b:]))
 
-    def on_step_end(self, fraction: float) -> dict[str, float]:
+    def on_step_end(self, clock: Clock) -> dict[str, float]:
         self.teacher.update({"backbone": self.backbone, "projector": self.projector})
         return {}

@@ -24,6 +24,7 @@ from torch import nn
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import check_interpolation, random_crop_flip
@@ -128,7 +129,7 @@ class CLIP(Method):
         loss = clip_loss(image, text, self.logit_scale)
         return StepOutput(loss, {"temperature": 1 / self.logit_scale.detach().exp()})  # read when logged
 
-    def on_step_end(self, fraction: float) -> dict[str, float]:
+    def on_step_end(self, clock: Clock) -> dict[str, float]:
         with torch.no_grad():
             self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         return {}

@@ -6,7 +6,8 @@ sharpened distribution on every pair of different crops. The teacher temperature
 and the momentum rises on a cosine, both over the fraction of budget spent. The head's last layer is
 frozen for the first `freeze_last_layer_fraction` of the budget (the reference's freeze_last_layer
 epochs over its epochs): its gradients are dropped before clipping and the update, as the reference's
-utils.cancel_gradients_last_layer does.
+utils.cancel_gradients_last_layer does. On a step's clock (engine/schedule.py) the temperature's warm-up
+and the freeze read `warm`, the momentum (and the recipe's weight decay, 0.04 -> 0.4) `anneal`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from omegaconf import MISSING
 from budgetssl.backbones.backbone import Backbone, without_drop_path
 from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
@@ -67,7 +69,7 @@ def local_size(cfg: DINOConfig, image_size: int, patch_size: int | None) -> int:
 
 
 def teacher_temp_at(fraction: float, warmup: float, final: float, warmup_fraction: float) -> float:
-    """Linear warm-up of the teacher temperature, then constant."""
+    """Linear warm-up of the teacher temperature, then constant (`fraction`: a step's clock.warm)."""
     if warmup_fraction <= 0 or fraction >= warmup_fraction:
         return final
     return warmup + (final - warmup) * fraction / warmup_fraction
@@ -173,13 +175,13 @@ class DINO(Method):
         local = ssl_crop(self.data, self.local_size, cfg.local_crop_scale, blur_p=0.5, interpolation=resample)
         return MultiView({"global": globals_, "local": [local] * cfg.local_crops})
 
-    def on_step_start(self, fraction: float) -> dict[str, float]:
-        cfg = self.cfg
+    def on_step_start(self, clock: Clock) -> dict[str, float]:
+        cfg, clock = self.cfg, Clock.of(clock)
         temp = teacher_temp_at(
-            fraction, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_fraction
+            clock.warm, cfg.warmup_teacher_temp, cfg.teacher_temp, cfg.warmup_teacher_temp_fraction
         )
         self.teacher_temp.fill_(temp)
-        return {"teacher_temp": temp, "momentum": self.teacher.schedule(fraction)}
+        return {"teacher_temp": temp, "momentum": self.teacher.schedule(clock.anneal)}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         student = []
@@ -200,11 +202,11 @@ class DINO(Method):
         self.update_center(t)
         return StepOutput(loss)
 
-    def on_after_backward(self, fraction: float) -> None:
+    def on_after_backward(self, clock: Clock) -> None:
         """Drop the last layer's gradients while it is frozen (main_dino.py: cancel_gradients_last_layer
         after backward, before the optimizer step); an optimizer skips a parameter without a gradient,
         so it gets neither an update nor weight decay."""
-        if fraction < self.cfg.freeze_last_layer_fraction:
+        if Clock.of(clock).warm < self.cfg.freeze_last_layer_fraction:
             for p in self.head.last.parameters():
                 p.grad = None
 
@@ -213,6 +215,6 @@ class DINO(Method):
         batch_center = mean_over_ranks(teacher_out.mean(dim=0, keepdim=True))
         self.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
 
-    def on_step_end(self, fraction: float) -> dict[str, float]:
+    def on_step_end(self, clock: Clock) -> dict[str, float]:
         self.teacher.update({"backbone": self.backbone, "head": self.head})
         return {}
