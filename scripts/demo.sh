@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo on the built-in synthetic data, on CPU (configs/experiment/demo.yaml): a sweep of the six
-# methods at three budgets, two runs at a time, each pretrained and transferred; the random-init baseline;
+# methods x three seeds, each a ladder of three budgets, two runs at a time, each rung pretrained and
+# transferred; the random-init baseline (three seeds);
 # then the report (table, findings, figures), once for the fine-tuned mIoU (report.md, miou_vs_*.png) and
 # once for the frozen linear probe (report_probe_miou.md, probe_miou_vs_*.png), into the same folder.
 # results/demo/ is rebuilt from scratch on every run.
@@ -13,7 +14,9 @@ start=$(date +%s)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 budgetssl-run --multirun +experiment=demo </dev/null
-budgetssl-transfer +experiment=demo "hydra.run.dir=$out/runs/random_init" </dev/null
+# Random init, the sweep's seeds (its methods dropped: nothing is pretrained), two at a time.
+budgetssl-transfer --multirun +experiment=demo '~hydra.sweeper.params.method' \
+  "hydra.sweep.dir=$out/runs/random_init" 'hydra.sweep.subdir=seed_${seed}' </dev/null
 budgetssl-report "$out/runs" --out "$out"
 budgetssl-report "$out/runs" --out "$out" --metric probe_miou
 

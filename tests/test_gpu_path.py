@@ -167,23 +167,27 @@ def test_a_compiled_bf16_run_records_how_it_ran(tmp_path, compile_backend):
     record = summary(tmp_path)
     assert record["steps"] >= 3
     assert (record["precision"], record["compiled"], record["tf32"]) == ("bf16", True, False)
-    assert (record["optimizer_impl"], record["channels_last"]) == ("for-loop", False)  # CPU
+    assert (record["optimizer_impl"], record["channels_last"]) == ("fused", False)  # CPU: AdamW fused
 
 
-def test_fused_kernels_on_cuda_where_the_optimizer_has_them():
+def test_fused_kernels_on_cuda_and_cpu_where_the_optimizer_has_them():
     assert optimizer_impl("adamw", CUDA, fused=True) == ("fused", {"fused": True})
     assert optimizer_impl("sgd", CUDA, fused=True) == ("fused", {"fused": True})
     assert optimizer_impl("adamw", CUDA, fused=False) == ("foreach", {})  # torch's default on CUDA
     assert optimizer_impl("lars", CUDA, fused=True) == ("foreach", {})  # timm's: no fused kernel
-    assert optimizer_impl("adamw", torch.device("cpu"), fused=True) == ("for-loop", {})
+    cpu = torch.device("cpu")
+    assert optimizer_impl("adamw", cpu, fused=True) == ("fused", {"fused": True})
+    assert optimizer_impl("adamw", cpu, fused=False) == ("for-loop", {})
+    assert optimizer_impl("lars", cpu, fused=True) == ("for-loop", {})
 
 
 def test_a_resumed_optimizer_runs_this_run_s_kernels():
-    """A checkpoint of a CUDA run (fused AdamW) resumed on CPU: the loaded groups do not ask for fused."""
+    """A checkpoint of a run with fused AdamW resumed by one without (train.fused_optimizer=false): the
+    loaded groups do not ask for fused."""
     recipe = Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.0)
     task = Task()
     task.model = nn.Linear(4, 2)
-    trainer = Trainer(task, LoopSettings(recipe=recipe, device="cpu"))
+    trainer = Trainer(task, LoopSettings(recipe=recipe, device="cpu", fused_optimizer=False))
     saved = trainer.state_dict()
     for group in saved["optimizer"]["param_groups"]:
         group["fused"] = True

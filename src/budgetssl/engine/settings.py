@@ -16,7 +16,7 @@ class LoopSettings:
     precision: str = "fp32"
     device: str = "auto"
     tf32: bool = True  # CUDA only (engine/precision.py)
-    fused_optimizer: bool = True  # CUDA only (engine/trainer.py)
+    fused_optimizer: bool = True  # CUDA and CPU where torch has the kernel (engine/trainer.py)
     compile: bool = False  # torch.compile the task's forward; the metered steps run eager
     log_every: int = 10
     progress: bool = True
