@@ -24,7 +24,7 @@ from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Outcome, Pretraining, Provenance, Record
 from budgetssl.record.summary import write_summary
 from budgetssl.record.weights import PROVENANCE, WEIGHTS, file_sha256
-from budgetssl.stages.flops import measure
+from budgetssl.stages.flops import count, measure
 from budgetssl.verify.accounting import check_ladder
 from budgetssl.verify.checks import verify
 from budgetssl.verify.digest import check_weights
@@ -198,7 +198,7 @@ def test_report_verify_marks_the_run_that_fails_and_keeps_it(real_run, tmp_path,
     ids=["supervised", "clip", "mae", "dino", "byol", "simclr", "supervised-resnet18"],
 )
 def test_the_meta_count_is_the_real_steps(overrides):
-    """budgetssl-flops runs one real step; the verifier's count on meta tensors gives the same FLOPs."""
+    """One real step (measure) and the count on meta tensors (derive, and count: budgetssl-flops) agree."""
     run = run_config(*TINY, "train.batch_size=4", "train.num_workers=0", *overrides)
     real = measure(run)
     classes = build_dataset(run.dataset).info.num_classes
@@ -206,6 +206,7 @@ def test_the_meta_count_is_the_real_steps(overrides):
     assert derived.flops_per_step == real["flops_per_step"]
     assert derived.breakdown == real["breakdown"]
     assert derived.flops_per_image == real["flops_per_image"]
+    assert count(run) == real  # what budgetssl-flops prints (on meta tensors) is the real step's object
 
 
 def claimed_run(

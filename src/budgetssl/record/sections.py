@@ -177,7 +177,16 @@ class Probe:
     probe_co2_kg: float | None = _f(KG)
 
 
-Section = Identity | Outcome | Pretraining | Energy | Provenance | Transfer | Probe
+# Every section, in the order summary.json writes them, by the Record attribute that holds it.
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("identity", Identity),
+    ("outcome", Outcome),
+    ("pretraining", Pretraining),
+    ("energy", Energy),
+    ("provenance", Provenance),
+    ("transfer", Transfer),
+    ("probe", Probe),
+)
 # Derived once, here, from the sections: written into summary.json for readers without this package.
 DERIVED = {
     "total_flops": FLOPS + ", pretraining + fine-tuning (not the probe)",
@@ -209,8 +218,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)  # keys no section knows (older or newer writers)
 
     def sections(self) -> list[Any]:
-        return [s for s in (self.identity, self.outcome, self.pretraining, self.energy, self.provenance,
-                            self.transfer, self.probe) if s is not None]  # fmt: skip
+        return [s for s in (getattr(self, name) for name, _ in SECTIONS) if s is not None]
 
     @property
     def total_flops(self) -> int | None:
@@ -267,9 +275,7 @@ class Record:
         """A record from summary.json, this version's or an older one's (sections inferred from keys)."""
         rest = dict(flat)
         parts: dict[str, Any] = {}
-        for name, section in (("identity", Identity), ("outcome", Outcome), ("pretraining", Pretraining),
-                              ("energy", Energy), ("provenance", Provenance), ("transfer", Transfer),
-                              ("probe", Probe)):  # fmt: skip
+        for name, section in SECTIONS:
             present = any(k in rest for k in names(section))
             parts[name], rest = split(section, rest)
             if not present and name not in ("identity", "outcome"):
@@ -289,6 +295,5 @@ class Record:
 
 def units() -> dict[str, str]:
     """Every record field and its unit, for documentation and runs.csv readers."""
-    out = {f.name: f.metadata.get("unit", "") for cls in (Identity, Outcome, Pretraining, Energy, Provenance,
-                                                           Transfer, Probe) for f in fields(cls)}  # fmt: skip
+    out = {f.name: f.metadata.get("unit", "") for _, cls in SECTIONS for f in fields(cls)}
     return {**out, **DERIVED}

@@ -53,6 +53,7 @@ class Derived:
     flops_per_image: int
     batch: dict[str, tuple[int, ...]]  # the stand-in batch's shapes
     seconds: float  # building the model and counting the step
+    params: int = 0  # the backbone's parameters
 
 
 @contextlib.contextmanager
@@ -129,8 +130,9 @@ def stand_in_batch(views: Any, image_size: int, batch_size: int) -> dict[str, An
     }
 
 
-def derive(run: RunConfig, record: Record) -> Derived:
-    """The pretraining step of `run` counted on meta tensors (module docstring)."""
+def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
+    """The pretraining step of `run` counted on meta tensors (module docstring); `plan_budget=False`
+    prices the step without planning `budget.flops` (which may be smaller than one step)."""
     from budgetssl.backbones.backbone import build_backbone, without_drop_path
     from budgetssl.engine.metering import first_step
     from budgetssl.engine.trainer import Trainer
@@ -153,7 +155,7 @@ def derive(run: RunConfig, record: Record) -> Derived:
     for owner, name, buffer in scalars:
         owner._buffers[name] = buffer
     method.train()
-    budget = FlopBudget(run.budget.flops) if run.budget.flops else StepBudget(1)
+    budget = FlopBudget(run.budget.flops) if run.budget.flops and plan_budget else StepBudget(1)
     first = first_step(trainer, StepMeter(), budget, batch, 0.0)
     image_backbone = without_drop_path(method.backbone).eval()
     image = torch.empty(1, 3, size, size, device=META)
@@ -164,6 +166,7 @@ def derive(run: RunConfig, record: Record) -> Derived:
         flops_per_image=per_image,
         batch={k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)},
         seconds=time.perf_counter() - start,
+        params=sum(p.numel() for p in method.backbone.parameters()),
     )
 
 
