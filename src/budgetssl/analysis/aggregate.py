@@ -58,9 +58,6 @@ class Aggregate:
     def front_candidates(self) -> list[Point]:
         return self.points + [b for b in self.baselines if b.x is not None]
 
-    def __bool__(self) -> bool:
-        return bool(self.points or self.baselines)
-
 
 def schedule_of(record: Record) -> str:
     """The record's lr schedule; a random init has none to vary, an older record ran cosine."""
