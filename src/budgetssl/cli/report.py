@@ -110,7 +110,7 @@ def findings(
         lines += [""] + collapse.section(runs, include_collapsed)
     if not found.points:
         return lines + ["", f"No pretrained run has a {label} yet.", ""]
-    lines += ["", f"Ties: {noise.describe()}", ""]
+    lines += ([] if lines[-1] == "" else [""]) + [f"Ties: {noise.describe()}", ""]
     lines += [f"### Pareto front ({label} against total FLOPs) and the best method at each budget", ""]
     lines += [
         front_table(
