@@ -228,6 +228,14 @@ def main(argv: list[str] | None = None) -> None:
         hint = f" ({HINTS[metric]})" if metric in HINTS else ""
         print(f"budgetssl-report: error: no completed run has '{metric}'{hint}", file=sys.stderr)
         raise SystemExit(1)
+    lacking = [r for r in records if r.number(metric) is None]
+    if lacking:
+        methods = ", ".join(sorted({str(r.identity.method) for r in lacking}))
+        print(
+            f"budgetssl-report: {len(lacking)} completed run(s) have no '{metric}': in the table of runs, "
+            f"not in the findings or figures (methods: {methods})",
+            file=sys.stderr,
+        )
     try:
         collapse.check(found.runs)
     except ValueError as e:
@@ -261,8 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     if metric in ("knn_accuracy", "linear_accuracy"):
         lines += [
             "",
-            "Cost is `total_flops` (pretraining + fine-tuning), as for every metric; the classifiers on the "
-            "frozen features add no FLOPs to it.",
+            "Cost is `total_flops` (pretraining + fine-tuning), as for every metric; the k-NN and linear "
+            "classifiers' own cost is not in it.",
         ]
     if include:
         lines += ["", "`--include-collapsed`: collapsed runs are in every verdict and fit below, marked."]
