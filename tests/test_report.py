@@ -566,3 +566,25 @@ def test_a_malformed_collapse_verdict_is_a_clear_error(tmp_path, capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "summary.json: 'collapse' is 'yes'; expected null, or an object {'rule': <name>" in err
+
+
+def test_a_budget_where_every_point_collapsed_has_no_best_method(tmp_path):
+    root = tmp_path / "runs"
+    run(root, "mae", "mae", 1e12, 30.0, collapse=None)
+    run(root, "byol", "byol", 2e12, 40.0, collapse=COLLAPSED)
+    run(root, "dino", "dino", 2e12, 35.0, collapse=COLLAPSED | {"rule": "kl", "rules": ["kl", "rank_ratio"]})
+    report.main([str(root), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "- at 2e+12 FLOPs every point is collapsed: no best method (`--include-collapsed` to rank them)"
+        in markdown
+    )
+    assert [r.split(" | ")[1] for r in section(markdown, "### Pareto front") if r.startswith("| 2e+12")] == []
+    (dino,) = [line for line in markdown.splitlines() if line.startswith("- dino / synthetic / vit_nano at")]
+    assert dino.endswith(
+        "`): `kl`: rank_ratio 0.31 (threshold 0.5), kl 0.5 (threshold 0.1); also fired: rank_ratio"
+    )
+    # budgetssl-plot takes the same option.
+    out = tmp_path / "plot.png"
+    cli("budgetssl-plot", str(root), "--out", str(out), "--include-collapsed")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
