@@ -355,3 +355,236 @@ def test_the_report_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import budgetssl.cli.report, budgetssl.analysis.fits"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# Collapsed runs, the findings of methods that do not learn, the classification metrics.
+COLLAPSED = {"rule": "rank_ratio", "values": {"rank_ratio": 0.31, "kl": 0.5},
+             "thresholds": {"rank_ratio": 0.5, "kl": 0.1}, "rules": ["rank_ratio"]}  # fmt: skip
+
+
+def fit_rows(markdown):
+    return {
+        r.split(" | ")[0][2:]: [c.strip() for c in r.strip("|").split("|")]
+        for r in section(markdown, "## Scaling fits")[1:]
+    }
+
+
+def test_a_collapsed_run_is_marked_listed_and_left_out_of_the_front_best_and_fits(tmp_path):
+    """mae follows the law exactly; byol scores 2 above it at every budget but collapsed at 1e13: left out,
+    mae is the best there and on the front; --include-collapsed puts byol's point back, marked."""
+    root = tmp_path / "runs"
+    run(root, "random", "random_init", 0.0, 20.0, collapse=None)
+    for c in (1e11, 1e12, 1e13, 1e14):
+        run(root, f"mae_{c:g}", "mae", c, law(c), collapse=None)
+        run(root, f"byol_{c:g}", "byol", c, law(c) + 2.0, collapse=COLLAPSED if c == 1e13 else None)
+    out = tmp_path / "out"
+    report.main([str(root), "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    # Listed with its rule and values; the rule for partly collapsed points is stated.
+    (listed,) = [
+        line for line in markdown.splitlines() if line.startswith("- byol / synthetic / vit_nano at")
+    ]
+    assert listed.startswith("- byol / synthetic / vit_nano at 1e+13 FLOPs, seed 0 (`")
+    assert listed.endswith("`): `rank_ratio`: rank_ratio 0.31 (threshold 0.5), kl 0.5 (threshold 0.1)")
+    assert "marked collapsed when any of its seeds is; its mean stays over all its seeds" in markdown
+    # The runs table marks it in its `collapsed` column; runs.csv has the rule as a column.
+    header, *rows = section(markdown, "## Runs")
+    at = [c.strip() for c in header.strip("|").split("|")].index("collapsed")
+    marks = sorted([c.strip() for c in r.strip("|").split("|")][at] for r in rows)
+    assert marks == ["-"] * 8 + ["rank_ratio"]
+    csv_rows = list(__import__("csv").DictReader((out / "runs.csv").open()))
+    assert sorted(r["collapse.rule"] for r in csv_rows) == [""] * 8 + ["rank_ratio"]
+    # Out of the front and the best per budget: mae is there at 1e13.
+    front = [r.split(" | ")[:4] for r in section(markdown, "### Pareto front")[1:5]]
+    assert [(r[0], r[3]) for r in front] == [
+        ("| random_init", "-"), ("| byol", "1e+11"), ("| byol", "1e+12"), ("| mae", "1e+13")
+    ]  # fmt: skip
+    best = [r.split(" | ")[:2] for r in section(markdown, "### Pareto front") if r.startswith("| 1e+1")]
+    assert best == [["| 1e+11", "byol"], ["| 1e+12", "byol"], ["| 1e+13", "mae"], ["| 1e+14", "byol"]]
+    # Out of the fits: byol is fitted on its three other budgets, and the section says what it left out.
+    assert fit_rows(markdown)["byol"][3] == "3"
+    assert (
+        "- left out of the fits as collapsed (`--include-collapsed` fits them): byol/vit_nano@1e+13"
+        in markdown
+    )
+    # The means table marks it (one seed: no such table); the figure is drawn.
+    assert (out / "miou_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report.main([str(root), "--out", str(out), "--include-collapsed"])
+    again = (out / "report.md").read_text()
+    assert "`--include-collapsed`: collapsed runs are in every verdict and fit below, marked." in again
+    front = [r.split(" | ")[:4] for r in section(again, "### Pareto front")[1:5]]
+    assert front[3][0] == "| byol (collapsed: rank_ratio)" and front[3][3] == "1e+13"
+    best = [r.split(" | ")[:2] for r in section(again, "### Pareto front") if r.startswith("| 1e+13")]
+    assert best == [["| 1e+13", "byol (collapsed: rank_ratio)"]]
+    fitted = fit_rows(again)
+    assert fitted["byol (collapsed at 1e+13: rank_ratio)"][3] == "4" and "left out of the fits" not in again
+
+
+def test_the_figure_draws_a_collapsed_point_with_its_marker_and_never_on_the_front():
+    import matplotlib.pyplot as plt
+    from matplotlib.markers import MarkerStyle
+
+    from budgetssl.analysis.aggregate import Point
+    from budgetssl.analysis.figure import COLLAPSED as MARKER
+    from budgetssl.analysis.figure import _draw
+
+    points = [
+        Point("mae", "synthetic", "vit_nano", 1e12, 1e12, 30.0, 0.0, 1),
+        Point("byol", "synthetic", "vit_nano", 2e12, 2e12, 40.0, 0.0, 1, collapsed=1, rules=("kl",)),
+        Point("mae", "synthetic", "vit_nano", 4e12, 4e12, 35.0, 0.0, 1),
+    ]
+    colours = {"mae": "red", "byol": "blue"}
+    for include, on_front in ((False, [(1e12, 30.0), (4e12, 35.0)]), (True, [(1e12, 30.0), (2e12, 40.0)])):
+        fig, ax = plt.subplots()
+        _draw(ax, points, [], colours, include_collapsed=include)
+        (step,) = [line for line in ax.lines if line.get_drawstyle() == "steps-post"]
+        assert list(zip(*step.get_data(), strict=True)) == on_front
+        style = MarkerStyle(MARKER)
+        cross = style.get_path().transformed(style.get_transform()).vertices.tolist()
+        drawn = [
+            c for c in ax.collections if len(c.get_offsets()) and c.get_paths()[0].vertices.tolist() == cross
+        ]
+        assert [tuple(c.get_offsets()[0]) for c in drawn] == [(2e12, 40.0)]
+        assert any(label.startswith("collapsed (") for label in ax.get_legend_handles_labels()[1])
+        plt.close(fig)
+
+
+def test_a_collapsed_backbone_point_is_left_out_of_the_crossings_and_the_fitted_crossover(tmp_path):
+    """small: 40 - 10 t, large: 60 - 40 t, t = (C / 1e12)^-0.5; the large backbone collapsed at every budget
+    but the first: no crossing can be judged; --include-collapsed finds the crossover at 2.25e12."""
+    root = tmp_path / "runs"
+    for c in (1e12, 3e12, 1e13, 3e13):
+        t = (c / 1e12) ** -0.5
+        run(root, f"small_{c:g}", "supervised", c, 40 - 10 * t, backbone="vit_small", params=22e6)
+        run(root, f"large_{c:g}", "supervised", c, 60 - 40 * t, backbone="vit_large", params=300e6,
+            collapse=COLLAPSED if c > 1e12 else None)  # fmt: skip
+    out = tmp_path / "out"
+    report.main([str(root), "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    (row,) = section(markdown, "### Where a larger backbone overtakes")[1:]
+    assert row.startswith("| supervised | synthetic | vit_small | vit_large | needs two budgets each |")
+    assert "### Predicted crossover" not in markdown
+    report.main([str(root), "--out", str(out), "--include-collapsed"])
+    again = (out / "report.md").read_text()
+    (row,) = section(again, "### Where a larger backbone overtakes")[1:]
+    assert row.startswith(
+        "| supervised (collapsed at 3e+12, 1e+13, 3e+13: rank_ratio) | synthetic | vit_small |"
+    )
+    (fitted,) = section(again, "### Predicted crossover")[1:]
+    assert fitted.startswith("| supervised (collapsed at 3e+12, 1e+13, 3e+13: rank_ratio) | synthetic |")
+    assert "| large overtakes small at 2.25e+12 |" in fitted
+
+
+def test_the_findings_name_a_method_below_random_init_and_one_falling_with_budget_beyond_noise(tmp_path):
+    """Three seeds everywhere, spread 1: the noise margin is 2 * sqrt(1/3 + 1/3) = 1.63. byol is below random
+    init (20) at every budget and falls from 1e12 to 2e12 by 3 (beyond noise), from 2e12 to 4e12 by 0.5
+    (within); simclr at 1e12 is 0.5 below random init (within: not named); mae's 2e12 point has one
+    collapsed seed: marked, left out of the best."""
+    root = tmp_path / "runs"
+    scores = {
+        ("random_init", 0.0): 20.0, ("byol", 1e12): 16.0, ("byol", 2e12): 13.0, ("byol", 4e12): 12.5,
+        ("simclr", 1e12): 19.5, ("simclr", 2e12): 25.0, ("mae", 1e12): 30.0, ("mae", 2e12): 34.0,
+    }  # fmt: skip
+    for (method, budget), mean in scores.items():
+        for seed, d in enumerate((0.0, 1.0, -1.0)):
+            bad = (
+                COLLAPSED | {"rule": "kl", "rules": ["kl"]}
+                if (method, budget, seed) == ("mae", 2e12, 2)
+                else None
+            )
+            run(root, f"{method}_{budget:g}_{seed}", method, budget, mean + d, seed, collapse=bad)
+    out = tmp_path / "out"
+    report.main([str(root), "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    learned = markdown.split("### Methods that do not beat random init, or lose mIoU with budget", 1)[1]
+    learned = learned.split("\n#", 1)[0].strip().splitlines()
+    assert learned == [
+        "- byol / synthetic / vit_nano is below random init beyond the seeds' noise at "
+        "1e+12 FLOPs (16.00 against random init 20.00: 4.00 below, noise margin 1.63); "
+        "2e+12 FLOPs (13.00 against random init 20.00: 7.00 below, noise margin 1.63); "
+        "4e+12 FLOPs (12.50 against random init 20.00: 7.50 below, noise margin 1.63)",
+        "- byol / synthetic / vit_nano falls with budget beyond the seeds' noise at "
+        "2e+12 FLOPs (13.00 against 1e+12 FLOPs' 16.00: 3.00 below, noise margin 1.63)",
+    ]
+    # The partly collapsed point: marked in the means table, out of the best at 2e12 (simclr's there).
+    assert (
+        "| mae | synthetic | vit_nano | 2e+12 | 3 | 34.00 | 1.00 | collapsed in 1 of 3 seeds: kl |"
+        in markdown
+    )
+    assert "| mae | synthetic | vit_nano | 1e+12 | 3 | 30.00 | 1.00 | - |" in markdown
+    best = [r.split(" | ")[:2] for r in section(markdown, "### Pareto front") if r.startswith("| 2e+12")]
+    assert best == [["| 2e+12", "simclr"]]
+
+
+def test_the_findings_say_none_when_every_method_learns(tmp_path):
+    make_runs(tmp_path / "runs")
+    report.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "- no method's mean mIoU is below random init's beyond the seeds' noise" in markdown
+    assert "- no method's mean mIoU falls with budget beyond the seeds' noise" in markdown
+    # Records written before the verdict existed: nothing is marked or left out, and the report says so.
+    assert "No record carries a verdict (`collapse`: written before it existed)" in markdown
+
+
+@pytest.mark.parametrize(("metric", "label"), [("knn_accuracy", "k-NN accuracy"),
+                                               ("linear_accuracy", "linear accuracy")])  # fmt: skip
+def test_the_classification_metrics_report_with_random_init_from_its_records(tmp_path, capsys, metric, label):
+    root = tmp_path / "runs"
+    run(root, "random", "random_init", 0.0, 20.0, **{metric: 31.0})
+    run(root, "mae", "mae", 1e12, 30.0, **{metric: 45.0})
+    run(root, "byol", "byol", 1e12, 28.0, **{metric: 25.0})
+    out = tmp_path / "out"
+    report.main([str(root), "--out", str(out), "--metric", metric])
+    markdown = (out / f"report_{metric}.md").read_text()
+    assert markdown.startswith(f"# budgetssl report: {label} (`{metric}`)")
+    assert f"- random init (vit_nano): {label} 31.00 (1 seed)" in markdown
+    assert "| 1e+12 | mae | synthetic | vit_nano | 45.00 |" in markdown
+    assert (
+        "- byol / synthetic / vit_nano is below random init beyond the seeds' noise at 1e+12 FLOPs (25.00"
+        in markdown
+    )
+    for name in (f"{metric}_vs_flops", f"{metric}_vs_co2"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({metric}_vs_flops.png)" in markdown
+    # A folder whose records lack the metric: an error that says what to run.
+    bare = tmp_path / "bare"
+    run(bare, "mae", "mae", 1e12, 30.0)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(bare), "--metric", metric])
+    assert exit_info.value.code == 1
+    assert (
+        f"no completed run has '{metric}' (k-NN and linear accuracy are measured on the labelled held-out "
+        "split" in capsys.readouterr().err
+    )
+
+
+def test_a_malformed_collapse_verdict_is_a_clear_error(tmp_path, capsys):
+    run(tmp_path / "runs", "mae", "mae", 1e12, 30.0, collapse="yes")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "runs")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "summary.json: 'collapse' is 'yes'; expected null, or an object {'rule': <name>" in err
+
+
+def test_a_budget_where_every_point_collapsed_has_no_best_method(tmp_path):
+    root = tmp_path / "runs"
+    run(root, "mae", "mae", 1e12, 30.0, collapse=None)
+    run(root, "byol", "byol", 2e12, 40.0, collapse=COLLAPSED)
+    run(root, "dino", "dino", 2e12, 35.0, collapse=COLLAPSED | {"rule": "kl", "rules": ["kl", "rank_ratio"]})
+    report.main([str(root), "--out", str(tmp_path / "out")])
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "- at 2e+12 FLOPs every point is collapsed: no best method (`--include-collapsed` to rank them)"
+        in markdown
+    )
+    assert [r.split(" | ")[1] for r in section(markdown, "### Pareto front") if r.startswith("| 2e+12")] == []
+    (dino,) = [line for line in markdown.splitlines() if line.startswith("- dino / synthetic / vit_nano at")]
+    assert dino.endswith(
+        "`): `kl`: rank_ratio 0.31 (threshold 0.5), kl 0.5 (threshold 0.1); also fired: rank_ratio"
+    )
+    # budgetssl-plot takes the same option.
+    out = tmp_path / "plot.png"
+    cli("budgetssl-plot", str(root), "--out", str(out), "--include-collapsed")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """Runs grouped by what they varied (method, dataset, backbone, schedule, budget), computed once per pair
 of axes: seeds averaged with their spread and their own values kept (for ties and the fits' bootstrap),
-and the random-init runs gathered in the same pass."""
+how many of them collapsed (analysis/collapse.py), and the random-init runs gathered in the same pass."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from budgetssl.analysis.collapse import collapse_of
 from budgetssl.record.sections import Record
 
 BASELINE = "random_init"
@@ -30,6 +31,8 @@ class Point:
     seeds: int
     schedule: str = COSINE
     values: tuple[float, ...] = ()  # each seed's y, in the order the runs were read
+    collapsed: int = 0  # seeds whose record says `collapse` (analysis/collapse.py: what that does)
+    rules: tuple[str, ...] = ()  # the first rule that fired in each collapsed seed, each named once
 
     @property
     def baseline(self) -> bool:
@@ -68,7 +71,7 @@ def schedule_of(record: Record) -> str:
 
 def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
     """One pass over the records: configurations with `y` (and, pretrained, an `x` > 0)."""
-    groups: dict[tuple, list[tuple[float | None, float]]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[float | None, float, str | None]]] = defaultdict(list)
     for record in records:
         xv, yv = record.number(x), record.number(y)
         baseline = record.identity.method == BASELINE
@@ -76,11 +79,13 @@ def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
             continue
         i = record.identity
         key = (str(i.method), i.dataset, i.backbone, schedule_of(record), float(i.budget_flops or 0))
-        groups[key].append((xv if xv is not None and xv > 0 else None, yv))
+        verdict = collapse_of(record)
+        groups[key].append((xv if xv is not None and xv > 0 else None, yv, verdict and verdict.rule))
     found = Aggregate(x, y)
     for (method, dataset, backbone, schedule, budget), values in groups.items():
         ys = [v[1] for v in values]
         xs = [v[0] for v in values if v[0] is not None]
+        rules = [v[2] for v in values if v[2] is not None]
         point = Point(
             method=method,
             dataset=dataset,
@@ -92,6 +97,8 @@ def aggregate(records: list[Record], x: str, y: str) -> Aggregate:
             seeds=len(ys),
             schedule=schedule,
             values=tuple(ys),
+            collapsed=len(rules),
+            rules=tuple(sorted(set(rules))),
         )
         (found.baselines if point.baseline else found.points).append(point)
     order = lambda p: (p.method, p.schedule, str(p.dataset), str(p.backbone), p.x or 0.0)  # noqa: E731

@@ -1,6 +1,8 @@
 """Accuracy against cost: one line per method on a log axis (mean over seeds, spread as error bars),
 the Pareto front marked (with the points the seeds' noise cannot tell apart from it), random init drawn
-as the zero-budget level, and each converged scaling fit as a dashed curve with its bootstrap band."""
+as the zero-budget level, and each converged scaling fit as a dashed curve with its bootstrap band.
+A collapsed point (analysis/collapse.py) is drawn with its own marker, ✕, and never joins the front
+unless `include_collapsed`."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from budgetssl.analysis.aggregate import Aggregate, Point  # noqa: E402
+from budgetssl.analysis.collapse import is_collapsed, kept, mark  # noqa: E402
 from budgetssl.analysis.fits import LEVEL, Fit  # noqa: E402
 from budgetssl.analysis.frontier import pareto_front  # noqa: E402
 from budgetssl.analysis.noise import Noise  # noqa: E402
@@ -32,10 +35,13 @@ LABELS = {
     "total_co2_kg": "CO2 (kg, measured, pretraining + transfer)",
     "co2_kg_estimated": "CO2 (kg, estimated)",
     "energy_kwh": "energy (kWh, measured)",
+    "knn_accuracy": "k-NN accuracy (%, frozen backbone)",
+    "linear_accuracy": "linear accuracy (%, frozen backbone)",
 }
 
 
-MARKERS = ("o", "^", "D", "v", "P", "X")  # one per dataset and backbone drawn together
+MARKERS = ("o", "^", "D", "v", "P", "*")  # one per dataset and backbone drawn together
+COLLAPSED = "x"  # a collapsed point's marker, whatever its dataset and backbone (none of MARKERS)
 
 
 def _label(field: str) -> str:
@@ -67,7 +73,8 @@ def fit_curves(fits: list[Fit], upto: float | None = None) -> list[FitCurve]:
 
 
 def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[str, Any],
-          noise: Noise | None = None, curves: Sequence[FitCurve] = ()) -> bool:  # fmt: skip
+          noise: Noise | None = None, curves: Sequence[FitCurve] = (),
+          include_collapsed: bool = False) -> bool:  # fmt: skip
     lines: dict[tuple, list[Point]] = defaultdict(list)
     for p in points:
         lines[(p.label, str(p.dataset), str(p.backbone))].append(p)
@@ -83,10 +90,18 @@ def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[st
             [p.y for p in line],
             yerr=[p.spread for p in line] if any(p.seeds > 1 for p in line) else None,
             marker=marker[(dataset, backbone)],
+            markevery=[i for i, p in enumerate(line) if not is_collapsed(p)],
             capsize=3,
             color=colours[label],
             label=f"{label} {dataset}/{backbone}" if len(variants) > 1 else label,
         )
+        flagged = [p for p in line if is_collapsed(p)]
+        if flagged:
+            ax.scatter([p.x for p in flagged], [p.y for p in flagged], marker=COLLAPSED, s=90,
+                       linewidths=2, color=colours[label], zorder=4)  # fmt: skip
+    if any(is_collapsed(p) for p in points):
+        where = "in the front: --include-collapsed" if include_collapsed else "not in the front or fits"
+        ax.scatter([], [], marker=COLLAPSED, s=90, linewidths=2, color="black", label=f"collapsed ({where})")
     if curves:  # one legend entry for every fit, in neutral grey
         band = f", {LEVEL:.0%} bootstrap band" if any(c.band is not None for c in curves) else ""
         ax.plot([], [], linestyle="--", color="grey", lw=1, label="scaling fit" + band)
@@ -96,15 +111,18 @@ def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[st
         if c.band is not None:
             ax.fill_between(c.xs, c.band[0], c.band[1], color=colour, alpha=0.15, lw=0)
     placed = [b for b in baselines if b.x is not None]
-    front = pareto_front(points + placed)
-    circled = pareto_front(points + placed, noise) if noise is not None else front
+    candidates = kept(points + placed, include_collapsed)
+    front = pareto_front(candidates)
+    circled = pareto_front(candidates, noise) if noise is not None else front
     if front:
         ax.step([p.x for p in front], [p.y for p in front], where="post", color="black", lw=1, alpha=0.6)
         name = "Pareto front" + (" (circled: and its ties)" if noise is not None else "")
         ax.scatter([p.x for p in circled], [p.y for p in circled], s=140, facecolors="none",
                    edgecolors="black", zorder=3, label=name)  # fmt: skip
     for b in sorted(baselines, key=lambda b: str(b.backbone)):
-        ax.axhline(b.y, color="grey", linestyle="--", label=f"random init {b.backbone} ({b.y:.1f})")
+        ax.axhline(
+            b.y, color="grey", linestyle="--", label=f"{mark('random init', [b])} {b.backbone} ({b.y:.1f})"
+        )
     if placed:
         ax.scatter([p.x for p in placed], [p.y for p in placed], marker="s", color="grey", zorder=3)
     ax.set_xscale("log")
@@ -129,12 +147,12 @@ def _save(fig: Any, out: Path) -> Path:
 
 
 def plot_points(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
-                curves: Sequence[FitCurve] = ()) -> Path:  # fmt: skip
+                curves: Sequence[FitCurve] = (), include_collapsed: bool = False) -> Path:  # fmt: skip
     """Draw the aggregate's `y` against its `x` (with the fits' `curves`, where its x is the fits'
     FLOPs); refuse an empty figure."""
     x, y = found.x, found.y
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if not _draw(ax, found.points, found.baselines, _colours(found), noise, curves):
+    if not _draw(ax, found.points, found.baselines, _colours(found), noise, curves, include_collapsed):
         plt.close(fig)
         raise ValueError(f"no completed run has both '{x}' and '{y}' to plot")
     ax.set_xlabel(_label(x))
@@ -145,7 +163,7 @@ def plot_points(found: Aggregate, out: Path, title: str = "", noise: Noise | Non
 
 
 def plot_facets(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
-                curves: Sequence[FitCurve] = ()) -> Path:  # fmt: skip
+                curves: Sequence[FitCurve] = (), include_collapsed: bool = False) -> Path:  # fmt: skip
     """One panel per pretraining dataset (rows) and backbone (columns); random init by backbone."""
     x, y = found.x, found.y
     datasets = sorted({p.dataset for p in found.points if p.dataset is not None})
@@ -161,7 +179,8 @@ def plot_facets(found: Aggregate, out: Path, title: str = "", noise: Noise | Non
             ax = axes[i][j]
             panel = [p for p in found.points if p.backbone == backbone and p.dataset == dataset]
             here = [c for c in curves if c.fit.backbone == backbone and c.fit.dataset == dataset]
-            _draw(ax, panel, [b for b in found.baselines if b.backbone == backbone], colours, noise, here)
+            baselines = [b for b in found.baselines if b.backbone == backbone]
+            _draw(ax, panel, baselines, colours, noise, here, include_collapsed)
             ax.set_title(f"{dataset} / {backbone}", fontsize=9)
             ax.set_xlabel(_label(x), fontsize=8)
             ax.set_ylabel(_label(y), fontsize=8)

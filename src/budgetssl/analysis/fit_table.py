@@ -4,6 +4,9 @@ crossover of a small and a large backbone -- and, said plainly, each fit that co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from budgetssl.analysis.collapse import mark
 from budgetssl.analysis.fits import (
     CROSS_RANGE,
     LEVEL,
@@ -22,7 +25,7 @@ def _g(value: float) -> str:
 
 
 def _name(f: Fit) -> str:
-    return f"{f.label} / {f.dataset or '-'} / {f.backbone or '-'}"
+    return f"{mark(f.label, f.points)} / {f.dataset or '-'} / {f.backbone or '-'}"
 
 
 def _with_interval(value: float, band: tuple[float, float] | None, why_none: str = "no interval") -> str:
@@ -50,7 +53,8 @@ def _row(f: Fit, prediction: Prediction | None) -> str:
                 f"{bt.measured:.2f}", f"{bt.error:.2f}"]  # fmt: skip
     seeds = ",".join(str(s) for s in f.seeds)
     return (
-        f"| {f.label} | {f.dataset or '-'} | {f.backbone or '-'} | {f.budgets} | {seeds} | {law.a:.4g} "
+        f"| {mark(f.label, f.points)} | {f.dataset or '-'} | {f.backbone or '-'} | {f.budgets} | {seeds} "
+        f"| {law.a:.4g} "
         f"| {law.b:.4g} | {_g(law.c0)} | {law.alpha:.3g} | {at} | " + " | ".join(back) + " |"
     )
 
@@ -113,16 +117,18 @@ def _crossovers(fits: list[Fit], params: dict[str, float]) -> list[str]:
         else:
             band = "no interval: one seed per budget"
         lines.append(
-            f"| {c.small.label} | {c.small.dataset or '-'} | {c.small.backbone} | {c.large.backbone} "
+            f"| {mark(c.small.label, c.small.points + c.large.points)} | {c.small.dataset or '-'} "
+            f"| {c.small.backbone} | {c.large.backbone} "
             f"| {where} | {band} |"
         )
     return lines + [""]
 
 
 def scaling_section(fits: list[Fit], at: float, params: dict[str, float], label: str,
-                    default: bool = True) -> list[str]:  # fmt: skip
-    """The section's markdown lines: the method, the table of fits, what was not fitted and why, the
-    predicted best at `at` and the predicted crossovers."""
+                    default: bool = True, left_out: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """The section's markdown lines: the method, the table of fits, what was not fitted and why (the
+    collapsed points `left_out` of the fits among it), the predicted best at `at` and the predicted
+    crossovers."""
     resamples = max((f.resamples for f in fits), default=0)
     lines = [
         "## Scaling fits",
@@ -156,9 +162,13 @@ def scaling_section(fits: list[Fit], at: float, params: dict[str, float], label:
         lines.append("")
     failed = [f for f in fits if f.law is None]
     lines += [f"- {_name(f)}: {f.problem}: not fitted, not drawn." for f in failed]
+    if left_out:
+        lines.append(
+            "- left out of the fits as collapsed (`--include-collapsed` fits them): " + ", ".join(left_out)
+        )
     if not fitted:
         lines.append(
             f"- No configuration has a fit: too few budgets or no convergence (a fit needs {MIN_BUDGETS})."
         )
-    lines += [""] if failed or not fitted else []
+    lines += [""] if failed or not fitted or left_out else []
     return lines + _best(fitted, at, label) + _crossovers(fitted, params)

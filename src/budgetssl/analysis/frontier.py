@@ -9,6 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from budgetssl.analysis.aggregate import Point
+from budgetssl.analysis.collapse import mark
 from budgetssl.analysis.noise import Noise
 
 
@@ -51,7 +52,7 @@ def best_per_budget(pts: list[Point], noise: Noise | None = None) -> dict[float,
 
 @dataclass(frozen=True)
 class Crossing:
-    method: str  # the label: `mae`, `mae (wsd)`
+    method: str  # the label: `mae`, `mae (wsd)` (marked where a point compared is collapsed)
     dataset: str | None
     small: str
     large: str
@@ -129,5 +130,5 @@ def crossings(pts: list[Point], params: dict[str, float], noise: Noise | None = 
         a, b = sorted(by_backbone[small], key=lambda p: p.x), sorted(by_backbone[large], key=lambda p: p.x)
         flops, note = _crossing(a, b) if len(a) > 1 and len(b) > 1 else (None, "needs two budgets each")
         verdict, single = _verdict(a, b, noise) if noise is not None else ("", False)
-        out.append(Crossing(label, dataset, small, large, flops, note, verdict, single))
+        out.append(Crossing(mark(label, a + b), dataset, small, large, flops, note, verdict, single))
     return out

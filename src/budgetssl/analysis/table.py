@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from budgetssl.analysis.aggregate import BASELINE, Point
+from budgetssl.analysis.collapse import mark, note
 from budgetssl.analysis.frontier import Crossing, ties
 from budgetssl.analysis.noise import Noise
 from budgetssl.record.sections import Record
@@ -24,10 +25,20 @@ COLUMNS = [
     ("miou", "mIoU %"),
     ("miou_objects", "objects mIoU %"),
     ("probe_miou", "probe mIoU %"),
+    ("knn_accuracy", "k-NN acc %"),
+    ("linear_accuracy", "linear acc %"),
+    ("collapse.rule", "collapsed"),  # the first rule that fired (analysis/collapse.py), `-` where none
 ]
-# The metrics a report can rank by: the fine-tuned mIoU, the same without the background class, and the
-# frozen backbone's linear probe (transfer.probe=true).
-METRICS = {"miou": "mIoU", "miou_objects": "objects mIoU", "probe_miou": "probe mIoU"}
+# The metrics a report can rank by: the fine-tuned mIoU, the same without the background class, the
+# frozen backbone's linear probe (transfer.probe=true), and the frozen backbone's classification scores
+# on the labelled held-out split (weighted k-NN and a linear classifier).
+METRICS = {
+    "miou": "mIoU",
+    "miou_objects": "objects mIoU",
+    "probe_miou": "probe mIoU",
+    "knn_accuracy": "k-NN accuracy",
+    "linear_accuracy": "linear accuracy",
+}
 
 
 # A random init has no pretraining: its budget, cost and recipe are empty, not zero.
@@ -77,22 +88,23 @@ def _budget(p: Point) -> str:
     return "-" if p.baseline else _flops(p.budget)
 
 
-def _name(p: Point) -> str:
+def point_name(p: Point) -> str:
     """A point in a list of ties: `mae/vit_small@1e+12` (random init: `random_init/vit_small`)."""
     return f"{p.label}/{_text(p.backbone)}" + ("" if p.baseline else f"@{_budget(p)}")
 
 
 def summary_table(pts: list[Point], y: str = "miou") -> str:
-    """One row per configuration: the mean over seeds, with the spread where there are several."""
+    """One row per configuration: the mean over seeds, with the spread where there are several, and
+    whether it is collapsed (any seed: analysis/collapse.py)."""
     rows = [
-        "| method | dataset | backbone | budget (FLOPs) | seeds | " + y + " mean | std |",
-        "|---" * 7 + "|",
+        "| method | dataset | backbone | budget (FLOPs) | seeds | " + y + " mean | std | collapsed |",
+        "|---" * 8 + "|",
     ]
     for p in sorted(pts, key=lambda p: (str(p.dataset), str(p.backbone), p.budget, -p.y)):
         spread = f"{p.spread:.2f}" if p.seeds > 1 else "-"
         rows.append(
             f"| {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {_flops(p.budget)} | {p.seeds} "
-            f"| {p.y:.2f} | {spread} |"
+            f"| {p.y:.2f} | {spread} | {note(p) or '-'} |"
         )
     return "\n".join(rows)
 
@@ -109,11 +121,11 @@ def front_table(front: list[Point], best: dict[float, list[Point]], label: str =
     ]
     for p in front:
         tied = ties(p, front, noise) if noise is not None else []
-        notes = ["tied with " + ", ".join(_name(q) for q in tied)] if tied else []
+        notes = ["tied with " + ", ".join(point_name(q) for q in tied)] if tied else []
         notes += ["1 seed"] if p.seeds == 1 else []
         rows.append(
-            f"| {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {_budget(p)} | {_flops(p.x)} "
-            f"| {p.y:.2f} | {p.seeds} | {'; '.join(notes) or '-'} |"
+            f"| {mark(p.label, [p])} | {_text(p.dataset)} | {_text(p.backbone)} | {_budget(p)} "
+            f"| {_flops(p.x)} | {p.y:.2f} | {p.seeds} | {'; '.join(notes) or '-'} |"
         )
     rows += [
         "",
@@ -125,12 +137,12 @@ def front_table(front: list[Point], best: dict[float, list[Point]], label: str =
         verdict = f"best, tied with {len(tied)} other(s)" if tied else "best"
         verdict += " (rests on one seed)" if single else ""
         rows.append(
-            f"| {_flops(budget)} | {top.label} | {_text(top.dataset)} | {_text(top.backbone)} "
+            f"| {_flops(budget)} | {mark(top.label, [top])} | {_text(top.dataset)} | {_text(top.backbone)} "
             f"| {top.y:.2f} | {top.seeds} | {verdict} |"
         )
         rows += [
-            f"| {_flops(budget)} | {p.label} | {_text(p.dataset)} | {_text(p.backbone)} | {p.y:.2f} "
-            f"| {p.seeds} | tied with the best" + ("; 1 seed" if p.seeds == 1 else "") + " |"
+            f"| {_flops(budget)} | {mark(p.label, [p])} | {_text(p.dataset)} | {_text(p.backbone)} "
+            f"| {p.y:.2f} | {p.seeds} | tied with the best" + ("; 1 seed" if p.seeds == 1 else "") + " |"
             for p in tied
         ]
     return "\n".join(rows)

@@ -1,4 +1,5 @@
-"""budgetssl-plot RUNS_DIR --x FIELD --y FIELD --out FILE: one figure of any two record fields."""
+"""budgetssl-plot RUNS_DIR --x FIELD --y FIELD --out FILE [--include-collapsed]: one figure of any two record
+fields; collapsed runs are marked and kept off the Pareto front unless --include-collapsed."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from budgetssl.analysis import collapse
 from budgetssl.analysis.aggregate import aggregate
 from budgetssl.analysis.collect import collect
 from budgetssl.analysis.figure import plot_points
@@ -19,6 +21,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="image file (default: RUNS_DIR/<y>_vs_<x>.png)"
     )
+    parser.add_argument(
+        "--include-collapsed",
+        action="store_true",
+        help="let collapsed runs onto the Pareto front (still marked)",
+    )
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir} is not a folder of runs")
@@ -26,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"budgetssl-plot: {found.describe()}", file=sys.stderr)
     out = args.out or args.runs_dir / f"{args.y}_vs_{args.x}.png"
     try:
-        plot_points(aggregate(found.records, args.x, args.y), out)
+        collapse.check(found.runs)
+        plot_points(aggregate(found.records, args.x, args.y), out, include_collapsed=args.include_collapsed)
     except ValueError as e:
         print(f"budgetssl-plot: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

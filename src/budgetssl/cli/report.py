@@ -1,11 +1,14 @@
-"""budgetssl-report RUNS_DIR --out OUT_DIR [--metric miou|probe_miou|miou_objects]: tables, the study's
-findings and figures from every run below RUNS_DIR (failed and unreadable records are counted, listed and
-left out), ranked by the chosen metric. The default metric writes report.md and miou_vs_*.png; another
-writes report_<metric>.md and <metric>_vs_*.png, so one folder holds the reports of several metrics.
-Beside them, runs.csv: one flat row per completed run, for pandas or a spreadsheet. Every verdict
-(the Pareto front, the best method per budget, the crossings) lists as ties the differences within the
-seeds' noise; every configuration with three budgets or more gets a scaling fit, drawn on the figures and
-asked for the score at `--predict-at` FLOPs."""
+"""budgetssl-report RUNS_DIR --out OUT_DIR [--include-collapsed]
+[--metric miou|probe_miou|miou_objects|knn_accuracy|linear_accuracy]: tables, the study's findings and
+figures from every run below RUNS_DIR (failed and unreadable records are counted, listed and left out),
+ranked by the chosen metric. The default metric writes report.md and miou_vs_*.png; another writes
+report_<metric>.md and <metric>_vs_*.png, so one folder holds the reports of several metrics. Beside
+them, runs.csv: one flat row per completed run, for pandas or a spreadsheet. Every verdict (the Pareto
+front, the best method per budget, the crossings) lists as ties the differences within the seeds' noise;
+every configuration with three budgets or more gets a scaling fit, drawn on the figures and asked for the
+score at `--predict-at` FLOPs. A collapsed run (its record's `collapse`) is marked in every table and
+figure and left out of every verdict and fit unless `--include-collapsed`; the findings list it, and name
+each method below random init or falling with budget beyond the seeds' noise."""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from budgetssl.analysis import collapse, learning
 from budgetssl.analysis.aggregate import Aggregate, aggregate
-from budgetssl.analysis.collect import Collection, collect
+from budgetssl.analysis.collect import Collection, Run, collect
 from budgetssl.analysis.figure import FitCurve, fit_curves, plot_facets, plot_points
 from budgetssl.analysis.fit_table import scaling_section
 from budgetssl.analysis.fits import fit_all
@@ -27,12 +31,21 @@ from budgetssl.analysis.table import (
     crossing_table,
     front_table,
     markdown_table,
+    point_name,
     summary_table,
 )
 from budgetssl.record.files import atomic_write
 from budgetssl.record.sections import Record
 
 RUNS_CSV = "runs.csv"
+# What to run when no record has the asked metric.
+HINTS = {
+    "probe_miou": "run the transfer with transfer.probe=true",
+    "knn_accuracy": "k-NN and linear accuracy are measured on the labelled held-out split of data with "
+    "labels (synthetic, the ImageNet layouts, COCO with labels): rerun the runs, and random init, with this "
+    "version",
+}
+HINTS["linear_accuracy"] = HINTS["knn_accuracy"]
 
 
 def report_file(metric: str) -> str:
@@ -40,10 +53,14 @@ def report_file(metric: str) -> str:
 
 
 def figures(
-    records: list[Record], by_flops: Aggregate, out: Path, curves: list[FitCurve] | None = None
+    records: list[Record],
+    by_flops: Aggregate,
+    out: Path,
+    curves: list[FitCurve] | None = None,
+    include_collapsed: bool = False,
 ) -> list[Path]:
     """The score against total FLOPs (the findings' aggregate, with the scaling fits' `curves`) and
-    against CO2, each also by dataset and backbone when the runs vary either."""
+    against CO2, each also by dataset and backbone when the runs vary either; collapsed points marked."""
     metric = by_flops.y
     co2 = "total_co2_kg" if any(r.total_co2_kg for r in records) else "co2_kg_estimated"
     several = len({r.identity.dataset for r in records if r.identity.dataset}) > 1 or (
@@ -54,45 +71,70 @@ def figures(
         (by_flops, f"{metric}_vs_flops", curves or []),
         (aggregate(records, co2, metric), f"{metric}_vs_co2", []),
     ):
-        noise = noise_of(found.points + found.baselines)
+        noise = noise_of(_pooled(found, include_collapsed))
         try:
-            written.append(plot_points(found, out / f"{name}.png", noise=noise, curves=drawn))
+            written.append(plot_points(found, out / f"{name}.png", noise=noise, curves=drawn,
+                                       include_collapsed=include_collapsed))  # fmt: skip
             if several:
-                written.append(plot_facets(found, out / f"{name}_facets.png", noise=noise, curves=drawn))
+                written.append(plot_facets(found, out / f"{name}_facets.png", noise=noise, curves=drawn,
+                                           include_collapsed=include_collapsed))  # fmt: skip
         except ValueError as e:
             print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
     return written
 
 
-def findings(found: Aggregate, params: dict[str, float]) -> list[str]:
-    """Random init, the Pareto front and the best method per budget, the crossings: every verdict with
-    the ties the seeds' noise leaves (analysis/noise.py states the rule, and the report repeats it)."""
+def _pooled(found: Aggregate, include_collapsed: bool) -> list:
+    """The points whose seeds the ties' noise pools: those the verdicts use."""
+    judged = collapse.judged(found, include_collapsed)
+    return judged.points + judged.baselines
+
+
+def findings(
+    found: Aggregate, params: dict[str, float], include_collapsed: bool = False, runs: list[Run] | None = None
+) -> list[str]:
+    """Random init, the collapsed runs (from `runs`), the Pareto front and the best method per budget, the
+    crossings, the means over seeds and the methods that do not learn: every verdict with the ties the
+    seeds' noise leaves (analysis/noise.py states the rule, and the report repeats it), and every verdict
+    without the collapsed points unless `include_collapsed` (analysis/collapse.py states the rule)."""
     label = METRICS[found.y]
-    noise = noise_of(found.points + found.baselines)
+    judged = collapse.judged(found, include_collapsed)
+    noise = noise_of(judged.points + judged.baselines)
     lines = ["## Findings", ""]
     for b in sorted(found.baselines, key=lambda b: str(b.backbone)):
         lines.append(
             f"- random init ({b.backbone or '-'}): {label} {b.y:.2f}"
             + (f" ± {b.spread:.2f} over {b.seeds} seeds" if b.seeds > 1 else " (1 seed)")
+            + (f" ({collapse.note(b)})" if collapse.is_collapsed(b) else "")
         )
+    if runs is not None:
+        lines += [""] + collapse.section(runs, include_collapsed)
     if not found.points:
         return lines + ["", f"No pretrained run has a {label} yet.", ""]
-    lines += ["", f"Ties: {noise.describe()}", ""]
+    lines += ([] if lines[-1] == "" else [""]) + [f"Ties: {noise.describe()}", ""]
     lines += [f"### Pareto front ({label} against total FLOPs) and the best method at each budget", ""]
     lines += [
         front_table(
-            pareto_front(found.front_candidates(), noise), best_per_budget(found.points, noise), label, noise
+            pareto_front(judged.front_candidates(), noise),
+            best_per_budget(judged.points, noise),
+            label,
+            noise,
         ),
         "",
     ]
-    crossed = crossings(found.points, params, noise)
+    every = {p.budget for p in judged.points}
+    lines += [
+        f"- at {b:.3g} FLOPs every point is collapsed: no best method (`--include-collapsed` to rank them)"
+        for b in sorted({p.budget for p in found.points} - every)
+    ]
+    lines += [""] if lines[-1] != "" else []
+    crossed = crossings(judged.points, params, noise)
     if crossed:
         lines += ["### Where a larger backbone overtakes a smaller one", "", crossing_table(crossed), ""]
     if any(p.seeds > 1 for p in found.points):
         lines += ["### Mean over seeds", "", summary_table(found.points, found.y), ""]
     else:
         lines += ["Every point has one seed: run more (e.g. `seed=0,1,2`) to see the spread.", ""]
-    return lines
+    return lines + learning.section(found.points, found.baselines, noise, label)
 
 
 def _flops(text: str) -> float:
@@ -118,16 +160,18 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def scaling_fits(
-    found: Aggregate, params: dict[str, float], predict_at: float | None
+    found: Aggregate, params: dict[str, float], predict_at: float | None, include_collapsed: bool = False
 ) -> tuple[list[str], list[FitCurve]]:
     """The "Scaling fits" section and the curves the score-vs-FLOPs figures draw (converged fits only,
-    extended to the predicted budget)."""
+    extended to the predicted budget); collapsed points are not fitted unless `include_collapsed`."""
     if not found.points:
         return [], []
     largest = max(p.budget for p in found.points) or max(float(p.x or 0) for p in found.points)
     at = predict_at if predict_at is not None else 10 * largest
-    fits = fit_all(found.points)
-    lines = scaling_section(fits, at, params, METRICS[found.y], default=predict_at is None)
+    judged = collapse.judged(found, include_collapsed)
+    fits = fit_all(judged.points)
+    left_out = [point_name(p) for p in found.points if p not in judged.points]
+    lines = scaling_section(fits, at, params, METRICS[found.y], default=predict_at is None, left_out=left_out)
     return lines, fit_curves(fits, at)
 
 
@@ -152,8 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         default="miou",
         help="what the findings and figures rank: the fine-tuned mIoU (default), the same without the "
         "background class (miou_objects), or the frozen backbone's linear probe (probe_miou, from runs "
-        "with transfer.probe=true); a metric other than miou names its files report_<metric>.md and "
-        "<metric>_vs_*.png",
+        "with transfer.probe=true), or the frozen backbone's classification accuracy on the labelled "
+        "held-out split (knn_accuracy: weighted k-NN; linear_accuracy: a linear classifier); a metric other "
+        "than miou names its files report_<metric>.md and <metric>_vs_*.png",
+    )
+    parser.add_argument(
+        "--include-collapsed",
+        action="store_true",
+        help="keep collapsed runs (their record's `collapse`) in the Pareto front, the best method per "
+        "budget, the crossings and the scaling fits; they stay marked (default: left out)",
     )
     add_fit_options(parser)
     parser.add_argument(
@@ -174,9 +225,23 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1)
     records = found.records
     if metric != "miou" and not any(r.number(metric) is not None for r in records):
-        hint = " (run the transfer with transfer.probe=true)" if metric == "probe_miou" else ""
+        hint = f" ({HINTS[metric]})" if metric in HINTS else ""
         print(f"budgetssl-report: error: no completed run has '{metric}'{hint}", file=sys.stderr)
         raise SystemExit(1)
+    lacking = [r for r in records if r.number(metric) is None]
+    if lacking:
+        methods = ", ".join(sorted({str(r.identity.method) for r in lacking}))
+        print(
+            f"budgetssl-report: {len(lacking)} completed run(s) have no '{metric}': in the table of runs, "
+            f"not in the findings or figures (methods: {methods})",
+            file=sys.stderr,
+        )
+    try:
+        collapse.check(found.runs)
+    except ValueError as e:
+        print(f"budgetssl-report: error: {e} (rewrite that run's record, or rerun it)", file=sys.stderr)
+        raise SystemExit(1) from None
+    include = args.include_collapsed
     out.mkdir(parents=True, exist_ok=True)
     verified: list[str] = []
     if args.verify:
@@ -190,9 +255,9 @@ def main(argv: list[str] | None = None) -> None:
         for r in records
         if r.identity.backbone and r.provenance and r.provenance.params
     }
-    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at)
-    drawn = figures(records, by_flops, out, curves)
-    found_lines = findings(by_flops, params) + fit_lines
+    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at, include)
+    drawn = figures(records, by_flops, out, curves, include)
+    found_lines = findings(by_flops, params, include, found.runs) + fit_lines
     csv_path = write_runs_csv(found.runs, out / RUNS_CSV)
     title = "# budgetssl report" + ("" if metric == "miou" else f": {METRICS[metric]} (`{metric}`)")
     lines = [title, "", found.describe() + "."]
@@ -201,6 +266,14 @@ def main(argv: list[str] | None = None) -> None:
             "",
             "Cost is `total_flops` (pretraining + fine-tuning); each probe's own cost is `probe_flops`.",
         ]
+    if metric in ("knn_accuracy", "linear_accuracy"):
+        lines += [
+            "",
+            "Cost is `total_flops` (pretraining + fine-tuning), as for every metric; the k-NN and linear "
+            "classifiers' own cost is not in it.",
+        ]
+    if include:
+        lines += ["", "`--include-collapsed`: collapsed runs are in every verdict and fit below, marked."]
     lines += ["", "## Runs", "", table, ""]
     lines += verified + found_lines + skipped(found)
     lines += [f"![{p.stem}]({p.name})" for p in drawn] + [""]

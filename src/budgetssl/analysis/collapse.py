@@ -1,0 +1,169 @@
+"""Collapsed runs in the report: each run's verdict (`collapse` in its record: null, or the rule that fired
+with its values and thresholds) read once, the one rule that says which points the verdicts leave out,
+and how a collapsed run is marked in tables and listed in the findings.
+
+The rule for a point of several seeds (chosen here, stated in the report and the README): a point -- one
+(method, dataset, backbone, schedule, budget) -- is collapsed when ANY of its seeds is. Its mean stays
+the mean over all its seeds (what was measured), it is drawn and tabled with its mark, and it is left out
+of the Pareto front, the best method per budget, the crossings of a small and a large backbone, the
+scaling fits, and the seeds' noise pooled for their ties: a verdict must never rest on a run that did
+not learn, and keeping a method's surviving seeds alone would report it better than it is.
+`--include-collapsed` puts the collapsed points back into every verdict (still marked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from budgetssl.record.sections import Record
+
+if TYPE_CHECKING:  # aggregate.py reads the verdicts through this module: no import back at run time
+    from budgetssl.analysis.aggregate import Aggregate, Point
+    from budgetssl.analysis.collect import Run
+
+FIELD = "collapse"
+FORMAT = (
+    "null, or an object {'rule': <name>, 'values': {<name>: number}, 'thresholds': {<name>: number}, "
+    "'rules': [<name>, ...]}"
+)
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """One run's verdict: the first rule that fired, every rule that fired, and the monitors' values and
+    thresholds the rules compared."""
+
+    rule: str
+    values: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    rules: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """`kl_teacher_student: kl_teacher_student 0.043 (threshold 0.1); also fired: rank_ratio`."""
+        shown = [f"{k} {_g(v)}" + (f" (threshold {_g(self.thresholds[k])})" if k in self.thresholds else "")
+                 for k, v in self.values.items()]  # fmt: skip
+        shown += [f"threshold {k} {_g(v)}" for k, v in self.thresholds.items() if k not in self.values]
+        others = [r for r in self.rules if r != self.rule]
+        return (
+            f"`{self.rule}`"
+            + (": " + ", ".join(shown) if shown else "")
+            + (f"; also fired: {', '.join(others)}" if others else "")
+        )
+
+
+def _g(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) and not isinstance(value, bool) else str(value)
+
+
+def collapse_of(record: Record) -> Collapse | None:
+    """The record's verdict; None when it is null or absent (a record written before the verdict existed
+    reads as not collapsed). A malformed one is a ValueError naming the expected form."""
+    raw = record.value(FIELD)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("rule"), str) or not raw["rule"]:
+        raise ValueError(f"'{FIELD}' is {raw!r}; expected {FORMAT}")
+    parts = {}
+    for name in ("values", "thresholds"):
+        part = raw.get(name) or {}
+        if not isinstance(part, dict):
+            raise ValueError(f"'{FIELD}.{name}' is {part!r}; expected {FORMAT}")
+        parts[name] = dict(part)
+    rules = raw.get("rules") or [raw["rule"]]
+    if not isinstance(rules, list | tuple) or not all(isinstance(r, str) for r in rules):
+        raise ValueError(f"'{FIELD}.rules' is {rules!r}; expected {FORMAT}")
+    return Collapse(raw["rule"], parts["values"], parts["thresholds"], tuple(rules))
+
+
+def check(runs: Sequence[Run]) -> None:
+    """Every run's verdict reads; else a ValueError naming the run's summary.json."""
+    for run in runs:
+        try:
+            collapse_of(run.record)
+        except ValueError as e:
+            raise ValueError(f"{run.folder / 'summary.json'}: {e}") from None
+
+
+def is_collapsed(p: Point) -> bool:
+    """THE rule: a point is collapsed when any of its seeds is (the module's docstring says why)."""
+    return p.collapsed > 0
+
+
+def kept(points: Iterable[Point], include_collapsed: bool = False) -> list[Point]:
+    """The points a verdict may use: all of them with `include_collapsed`, else the uncollapsed ones."""
+    return [p for p in points if include_collapsed or not is_collapsed(p)]
+
+
+def judged(found: Aggregate, include_collapsed: bool = False) -> Aggregate:
+    """The aggregate every verdict reads (front, best per budget, crossings, fits, the ties' noise)."""
+    return dataclasses.replace(
+        found,
+        points=kept(found.points, include_collapsed),
+        baselines=kept(found.baselines, include_collapsed),
+    )
+
+
+def note(p: Point) -> str:
+    """'' or `collapsed: rank_ratio` / `collapsed in 1 of 3 seeds: rank_ratio` (first rules that fired)."""
+    if not is_collapsed(p):
+        return ""
+    seeds = "" if p.collapsed == p.seeds else f" in {p.collapsed} of {p.seeds} seeds"
+    return f"collapsed{seeds}: {', '.join(p.rules)}"
+
+
+def mark(label: str, points: Sequence[Point]) -> str:
+    """A method's name as a verdict's table prints it: `byol (collapsed: rank_ratio)` where the verdict
+    rests on a collapsed point (only with --include-collapsed), else the name alone."""
+    flagged = [p for p in points if is_collapsed(p)]
+    if not flagged:
+        return label
+    if len(points) == 1:
+        return f"{label} ({note(flagged[0])})"
+    rules = sorted({r for p in flagged for r in p.rules})
+    at = ", ".join(f"{p.budget:.3g}" for p in sorted(flagged, key=lambda p: p.budget))
+    return f"{label} (collapsed at {at}: {', '.join(rules)})"
+
+
+RULE_TEXT = (
+    "A point (method, dataset, backbone, schedule, budget) is marked collapsed when any of its seeds is; "
+    "its mean stays over all its seeds"
+)
+
+
+def section(runs: Sequence[Run], include_collapsed: bool) -> list[str]:
+    """The findings' list of collapsed runs, each with its rule and values, and what the report does with
+    them."""
+    lines = ["### Collapsed runs", ""]
+    flagged = [(run, c) for run in runs if (c := collapse_of(run.record)) is not None]
+    if not any(FIELD in run.record.to_json() for run in runs):
+        return lines + [
+            f"No record carries a verdict (`{FIELD}`: written before it existed): none is marked or left "
+            "out.",
+            "",
+        ]
+    if not flagged:
+        return lines + [f"No run is marked collapsed ({len(runs)} verdict(s) read).", ""]
+    where = (
+        "they stay in every verdict, marked, because of `--include-collapsed`"
+        if include_collapsed
+        else "such points are drawn (marked ✕) and tabled but left out of the Pareto front, the best method "
+        "per budget, the crossings, the scaling fits and the noise pooled for their ties "
+        "(`--include-collapsed` puts them back)"
+    )
+    lines += [f"{RULE_TEXT}; {where}.", ""]
+    for run, c in sorted(flagged, key=lambda rc: _order(rc[0].record)):
+        i = run.record.identity
+        budget = float(i.budget_flops or 0)
+        lines.append(
+            f"- {i.method} / {i.dataset or '-'} / {i.backbone or '-'} at {budget:.3g} FLOPs, seed "
+            f"{'-' if i.seed is None else i.seed} (`{run.folder}`): {c.describe()}"
+        )
+    return lines + [""]
+
+
+def _order(record: Record) -> tuple:
+    i = record.identity
+    return (str(i.method), str(i.dataset), str(i.backbone), float(i.budget_flops or 0), str(i.seed))
