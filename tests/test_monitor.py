@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from budgetssl.monitor.collapse import PROTOTYPE_GAP, RANK_RATIO, verdict
 from budgetssl.monitor.measures import (
@@ -195,3 +196,19 @@ def test_supervised_and_mae_at_the_demos_largest_budget_are_not_flagged(tmp_path
     record = summary(folder)
     assert record["status"] == "completed"
     assert record["collapse"] is None, record["monitor_final"]
+
+
+def test_the_monitors_leave_training_unchanged(tmp_path):
+    """Eval mode, no gradients, no random draws: a run with monitors trains what one without them does
+    (SimCLR: its projector's batch norms keep their running statistics)."""
+    settings = [*TINY, *small("simclr"), "budget.flops=1.2e10", "train.log_every=2"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert run_in_process("budgetssl-pretrain", *settings, folder=on) == 0
+    assert run_in_process("budgetssl-pretrain", *settings, "train.monitor_images=0", folder=off) == 0
+    with_monitors, without = summary(on), summary(off)
+    a, b = load_file(str(on / "backbone.safetensors")), load_file(str(off / "backbone.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert with_monitors["final_loss"] == without["final_loss"]
+    assert "monitor_flops" not in without and "collapse" not in without
+    assert [r["loss"] for r in rows(on)] == [r["loss"] for r in rows(off)]
+    assert not any(k.startswith("monitor/") for r in rows(off) for k in r)
