@@ -93,6 +93,9 @@ def test_every_rung_is_a_complete_run_with_a_separate_runs_steps(ladder):
             "cooldown_flops": (STEPS[name] - BRANCH[name]) * fps,
         }
         assert (folder / record["backbone_weights"]).is_file()
+        # Its monitors: the trunk's at initialisation, its own at its end, and a verdict (null or a rule).
+        assert record["monitor_init"] == trunk["monitor_init"] and "collapse" in record
+        assert record["monitor_final_steps"][-1] == record["steps"] and record["monitor_flops"] > 0
         config = OmegaConf.load(folder / ".hydra" / "config.yaml")
         assert config.budget.flops == float(name) and config.train.schedule == "wsd"
         assert [r["step"] for r in rows(folder / "metrics.jsonl")] == list(range(1, STEPS[name] + 1))
@@ -157,7 +160,8 @@ def test_the_smallest_rung_is_a_separate_wsd_run_at_its_budget_bit_for_bit(ladde
     overrides = [*TINY, *small("byol"), "train.schedule=wsd", "budget.flops=1.6e10", "train.log_every=1"]
     assert run_in_process("budgetssl-pretrain", *overrides, folder=separate) == 0
     got, want = summary(rung(ladder, "1.6e10")), summary(separate)
-    for key in ("steps", "planned_steps", "train_flops", "flops_per_step", "first_loss", "final_loss"):
+    same = ("steps", "planned_steps", "train_flops", "flops_per_step", "first_loss", "final_loss")
+    for key in (*same, "monitor_init", "monitor_final", "monitor_final_steps", "collapse"):
         assert got[key] == want[key], key
     a, b = weights(rung(ladder, "1.6e10")), weights(separate)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -44,11 +44,24 @@ def a_record(method: str = "mae", seed: int = 0, miou: float = 31.5) -> s.Record
 
 
 def test_every_field_has_a_unit_entry_and_no_field_is_in_two_sections():
-    names = [f.name for cls in (s.Identity, s.Outcome, s.Pretraining, s.Energy, s.Provenance, s.Transfer,
-                                s.Probe) for f in fields(cls)]  # fmt: skip
+    names = [f.name for cls in (s.Identity, s.Outcome, s.Pretraining, s.Monitors, s.Energy, s.Provenance,
+                                s.Transfer, s.Probe) for f in fields(cls)]  # fmt: skip
     assert len(names) == len(set(names))
     assert set(s.units()) == set(names) | set(s.DERIVED)
     assert s.units()["train_flops"] == s.FLOPS and s.units()["miou"] == s.PERCENT
+
+
+def test_the_monitors_section_and_its_collapse_verdict_round_trip(tmp_path):
+    collapse = {"rule": "prototype_kl", "rules": ["prototype_kl"], "values": {"kl_teacher_student": 0.01},
+                "thresholds": {"prototype_kl": 0.1}}  # fmt: skip
+    record = a_record()
+    record.monitors = s.Monitors(monitor_init={"rank_features": 20.0}, monitor_flops=10, collapse=collapse)
+    write_summary(tmp_path, record)
+    flat = json.loads((tmp_path / "summary.json").read_text())
+    assert flat["collapse"] == collapse and flat["monitor_init"] == {"rank_features": 20.0}
+    back = read_record(tmp_path)
+    assert back == record and back.value("collapse.rule") == "prototype_kl"
+    assert s.units()["monitor_flops"].startswith(s.FLOPS)
 
 
 def test_total_flops_is_derived_once_and_round_trips(tmp_path):

@@ -25,6 +25,8 @@ SETTINGS = [
     "train.log_every=1",
 ]
 SAME = ("status", "planned_steps", "steps", "train_flops", "flops_per_step", "first_loss", "final_loss")
+# The monitors: the values at initialisation kept through the checkpoint, the end's the same run's.
+SAME += ("monitor_init", "monitor_final", "monitor_final_steps", "monitor_calls", "monitor_flops", "collapse")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -196,6 +196,10 @@ def check_values(run: RunConfig) -> None:
     )
     _require(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _require(
+        t.monitor_images == 0 or t.monitor_images >= 2,
+        f"train.monitor_images must be 0 (no monitors) or >= 2, got {t.monitor_images}",
+    )
+    _require(
         t.checkpoint_every_steps is None or t.checkpoint_every_steps >= 1,
         f"train.checkpoint_every_steps must be >= 1 or null, got {t.checkpoint_every_steps}",
     )

@@ -103,6 +103,7 @@ class TrainConfig:
     num_workers: Any = MISSING  # data-loader worker processes: a number, or auto (per device, data/loader.py)
     augment_on: AugmentOn = MISSING  # auto | loader | device: where the method's views run
     log_every: int = MISSING
+    monitor_images: int = MISSING  # the label-free monitors' held-out batch (budgetssl.monitor); 0: none
     progress: bool = MISSING
     checkpoint_every_steps: int | None = MISSING  # also on SIGTERM/SIGUSR1 and at the end; null: only those
     peak_flops_per_s: float | None = MISSING  # one device's peak (the record's mfu); null: looked up/measured

@@ -17,6 +17,7 @@ VOLATILE: tuple[str, ...] = (
     "logger",  # where metrics are mirrored (wandb)
     "train.progress",
     "train.log_every",
+    "train.monitor_images",  # the label-free monitors' batch: read beside training, never trained on
     "train.num_workers",
     "train.checkpoint_every_steps",
     "train.peak_flops_per_s",  # only what the record's mfu divides by

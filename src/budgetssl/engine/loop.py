@@ -13,8 +13,11 @@ loss) is the same on every rank.
 
 Nothing in a step waits for the device: losses stay on it until a logged step, a checkpoint or the end
 reads them (engine.losses, which also stops the run at the first non-finite one, with its step), and a
-checkpoint is written in the background. Where the wall time went (data, metering, checkpoints) is
-kept in the state and returned.
+checkpoint is written in the background. Where the wall time went (data, metering, checkpoints,
+monitors) is kept in the state and returned.
+
+A stage may pass a `monitor` (engine/monitoring.py): called before the first step, on every logged step
+(its values join that step's metrics row, prefixed `monitor/`) and at the end, outside the meter.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from budgetssl.engine.checkpoint import Checkpoints
 from budgetssl.engine.distributed import World, check_in_sync, current
 from budgetssl.engine.losses import LossReader, NonFiniteLoss
 from budgetssl.engine.metering import first_step, price
+from budgetssl.engine.monitoring import Monitor, Monitoring
 from budgetssl.engine.progress import Progress
 from budgetssl.engine.recipe import ParamCounts
 from budgetssl.engine.settings import LoopSettings
@@ -43,6 +47,8 @@ from budgetssl.meter.step_meter import StepMeter
 from budgetssl.record.metrics import MetricsLog
 
 __all__ = ["LoopResult", "NonFiniteLoss", "logged", "train"]
+
+MONITOR_PREFIX = "monitor/"  # a monitor's values in a metrics row
 
 
 @dataclass
@@ -62,6 +68,7 @@ class LoopResult:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where it trained
     loss_reads: int = 0  # host reads of the loss in this attempt (each one transfer)
     runtime: dict[str, Any] = field(default_factory=dict)  # how the steps ran: Trainer.runtime()
+    monitors: dict[str, Any] = field(default_factory=dict)  # RunState.monitors: init, history, calls, flops
 
     @property
     def data_wait_share(self) -> float:
@@ -93,11 +100,13 @@ class Window:
     def reset(self, state: RunState, now: float) -> None:
         self.start, self.step = now, state.step
         self.data, self.checkpoint = state.timing.data, state.timing.checkpoint
+        self.monitor = state.timing.monitor
 
     def row(self, state: RunState, now: float) -> dict[str, float]:
         steps = max(1, state.step - self.step)
         data = state.timing.data - self.data
-        other = now - self.start - data - (state.timing.checkpoint - self.checkpoint)
+        paused = state.timing.checkpoint - self.checkpoint + state.timing.monitor - self.monitor
+        other = now - self.start - data - paused
         timing = {"step_seconds": other / steps, "data_seconds": data / steps}
         self.reset(state, now)
         return timing
@@ -113,6 +122,7 @@ def train(
     checkpoints: Checkpoints | None = None,
     distributed: bool = False,
     until: Callable[[Plan], int] | None = None,
+    monitor: Monitor | None = None,
 ) -> LoopResult:
     """Train until the plan is done or the next step would overspend the budget.
 
@@ -120,7 +130,8 @@ def train(
     otherwise every process trains on its own. With `checkpoints`, resume from the newest, save every
     `checkpoint_every_steps`, on a stop signal (then raise Interrupted) and once at the end. `until`:
     stop after step until(plan) instead (once the plan is known; the first step is always taken), saving
-    there as at an end, so a later call with a later `until` resumes from it.
+    there as at an end, so a later call with a later `until` resumes from it. `monitor`: run before
+    the first step, on logged steps and at the end (engine/monitoring.py), its values in the rows.
     """
     world = current() if distributed else World()
     trainer = Trainer(task, settings, world)
@@ -137,8 +148,12 @@ def train(
         task.on_plan(timeline.reference_steps(state.plan))
         progress.start(state.plan.steps, state.plan.budget_flops)
         progress.update(state.step, state.spent, state.loss)
+    monitoring = Monitoring(monitor, state, trainer.device) if monitor is not None else None
     task.train()
-    state.started = tick = time.perf_counter()
+    state.started = time.perf_counter()
+    if monitoring is not None:
+        monitoring.at_init()
+    tick = time.perf_counter()
     window = Window(state, tick)
     try:
         while state.plan is None or state.step < last_step(state.plan, until):
@@ -176,9 +191,12 @@ def train(
             now = time.perf_counter()
             if metered:
                 state.timing.first_step += now - ready
-            if log is not None and logged(state.step, settings.log_every, last):
+            if logged(state.step, settings.log_every, last) and (log is not None or monitoring is not None):
+                monitored = monitoring.at(state.step) if monitoring is not None else {}
                 row = {"stage": label, "step": state.step, "flops": state.spent, "loss": state.loss, "lr": lr}
-                log.write(row | window.row(state, now) | host_values(logs))
+                row |= window.row(state, time.perf_counter()) | host_values(logs)
+                if log is not None:
+                    log.write(row | {f"{MONITOR_PREFIX}{k}": v for k, v in monitored.items()})
             progress.update(state.step, state.spent, state.loss)
             path = saver.save(state, wait=stop) if save else None
             if stop:
@@ -187,6 +205,8 @@ def train(
             tick = time.perf_counter()
         # The last step's loss (read already unless the budget ended the plan early), and a check
         # before the final checkpoint.
+        if monitoring is not None:
+            monitoring.at(state.step)  # the end (monitored already where the last step was logged)
         final_save = checkpoints is not None and saver.saved_at != state.step
         state.losses(losses.read(state.step, trainer.params if final_save else None))
     except BaseException:
@@ -213,4 +233,5 @@ def train(
         device=trainer.device,
         loss_reads=losses.reads,
         runtime=trainer.runtime(),
+        monitors=state.monitors,
     )

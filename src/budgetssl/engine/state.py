@@ -44,6 +44,7 @@ class Timing:
     probes: float = 0.0  # measuring a new input shape on a throwaway copy of the task
     checkpoint: float = 0.0  # training stopped for checkpoints (a host copy, or waiting for a write)
     checkpoints: int = 0  # checkpoints saved
+    monitor: float = 0.0  # the label-free monitors' calls (outside the meter and the budget)
 
     def meter_seconds(self, wall: float, steps: int) -> float:
         """Time spent measuring FLOPs: every probe, and what the metered first step took beyond an
@@ -51,7 +52,8 @@ class Timing:
         first step's one-off warm-up (allocations, kernel choice) counts as metering."""
         if steps <= 1:
             return self.probes + self.first_step
-        ordinary = max(0.0, wall - self.data - self.checkpoint - self.probes - self.first_step) / (steps - 1)
+        other = self.data + self.checkpoint + self.probes + self.first_step + self.monitor
+        ordinary = max(0.0, wall - other) / (steps - 1)
         return self.probes + max(0.0, self.first_step - ordinary)
 
 
@@ -69,6 +71,9 @@ class RunState:
     logs: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0  # training wall time of earlier attempts of this run
     timing: Timing = field(default_factory=Timing)  # where the wall time went, this attempt included
+    # The monitors' record: `init` (before step 1), `history` ([step, values] per monitored step),
+    # `calls` and `flops` (engine/loop.py Monitored); saved, so a resumed run keeps its init values.
+    monitors: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)  # this attempt's start (not saved)
 
     def losses(self, read: list[tuple[int, float]]) -> None:
@@ -101,6 +106,7 @@ def snapshot(
             "logs": host_values(state.logs),
             "seconds": state.wall_seconds(),
             "timing": asdict(state.timing),
+            "monitors": state.monitors,
         },
         "model": trainer.task.state_dict(),
         **trainer.state_dict(),
@@ -134,6 +140,7 @@ def restore(
         logs=dict(progress["logs"]),
         seconds=float(progress["seconds"]),
         timing=Timing(**progress.get("timing", {})),  # absent from checkpoints written before it
+        monitors=dict(progress.get("monitors") or {}),
     )
 
 

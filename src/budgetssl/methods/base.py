@@ -35,6 +35,11 @@ class Method(Task):
       warm-ups and freezes read `clock.warm`, annealed values (momenta, decays) `clock.anneal`. They
       are one fraction under train.schedule=cosine; under wsd (a ladder's trunk, whose end is not
       known at its start) `anneal` stays 0 until a rung's cool-down.
+    - `monitor_outputs(images)` says what the label-free monitors (budgetssl.monitor) read from a batch
+      of plain normalised images: the backbone's pooled `features` at least (the default), and where the
+      method has them its `embedding` (the projector's output before any final batch norm) and, for
+      prototype methods, `teacher_logits` and `student_logits` as its loss compares them (centred, over
+      the current temperatures). The monitor calls it in eval mode under no_grad.
     - `validation_scores(val_set)` scores the pretrained model on held-out data where the method can
       (a classifier's accuracy); `summary_fields()` adds what the record should say of the method.
     - State that a resumed run needs (EMA teachers, centres, the current scheduled values) lives
@@ -67,6 +72,11 @@ class Method(Task):
         momentum the current (first) step's update will use, to log in place of the unplanned one."""
         starts = [teacher.plan(steps) for teacher in self.teachers()]
         return {"momentum": starts[0]} if starts else {}
+
+    def monitor_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the monitors read from `images` (B, C, H, W): here the backbone's pooled features, so a
+        new method is monitored unchanged; a method adds its embedding and prototype logits."""
+        return {"features": self.backbone(images)}
 
     def validation_scores(self, val_set: Dataset) -> dict[str, float]:
         """Scores on the held-out split after pretraining; none unless the method has a task to score."""

@@ -39,6 +39,14 @@ def mlp(
     return nn.Sequential(*modules)
 
 
+def before_last_norm(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """The head's output before its final batch norm (`mlp(..., last_bn=True)`), or its output where it
+    ends without one: what the monitors read, since a final batch norm standardises every dimension
+    and hides a collapse of what feeds it (MoCo v3's projectors end in one)."""
+    last = len(head) - 1 if isinstance(head[-1], nn.BatchNorm1d) else len(head)
+    return head[:last](x)
+
+
 class WeightNormLinear(nn.Module):
     """A bias-free linear layer with weight w = g * v / ||v|| per output row (Salimans & Kingma 2016).
 

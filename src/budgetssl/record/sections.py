@@ -102,6 +102,28 @@ class Pretraining:
 
 
 @dataclass
+class Monitors:
+    """The label-free monitors of pretraining (budgetssl.monitor) and the collapse verdict read from them.
+
+    `monitor_init` and `monitor_final` map each monitor to its value before step 1 and to its mean over
+    the last 10% of the monitored steps (`monitor_final_steps`): `rank_features`, `rank_embedding`
+    (RankMe effective rank), `std_features`, `std_embedding` (lightly's std of the L2-normalised rows),
+    `dim_*` (their widths), and for prototype methods `teacher_entropy`, `log_prototypes` (ln K),
+    `entropy_gap`, `kl_teacher_student` (nats), `prototypes_used` and `prototypes` (K).
+    """
+
+    monitor_init: dict[str, float] | None = _f()
+    monitor_final: dict[str, float] | None = _f()
+    monitor_final_steps: list[int] | None = _f("steps")
+    monitor_images: int | None = _f("images")  # the held-out batch the monitors read
+    monitor_source: str | None = _f()  # the split it came from (val: never trained on)
+    monitor_calls: int | None = _f("calls")
+    monitor_seconds: float | None = _f(SECONDS + ", inside pretrain_wall_seconds, outside the budget")
+    monitor_flops: int | None = _f(FLOPS + ", not in train_flops")
+    collapse: dict[str, Any] | None = _f()  # null, or the rule that fired, its values and thresholds
+
+
+@dataclass
 class Energy:
     """Pretraining's energy and CO2: measured (codecarbon) and estimated from FLOPs on a stated model."""
 
@@ -182,6 +204,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("identity", Identity),
     ("outcome", Outcome),
     ("pretraining", Pretraining),
+    ("monitors", Monitors),
     ("energy", Energy),
     ("provenance", Provenance),
     ("transfer", Transfer),
@@ -211,6 +234,7 @@ class Record:
     identity: Identity = field(default_factory=Identity)
     outcome: Outcome = field(default_factory=Outcome)
     pretraining: Pretraining | None = None
+    monitors: Monitors | None = None
     energy: Energy | None = None
     provenance: Provenance | None = None
     transfer: Transfer | None = None

@@ -49,7 +49,14 @@ from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Outcome, Record
 from budgetssl.record.summary import completed_record, environment, now, write_summary
 from budgetssl.record.wandb_log import summarize, wandb_run
-from budgetssl.stages.pretrain import build, energy_tracked, loop_settings, pretrain_checkpoints, pretrained
+from budgetssl.stages.pretrain import (
+    build,
+    energy_tracked,
+    loop_settings,
+    monitor_of,
+    pretrain_checkpoints,
+    pretrained,
+)
 
 RUNGS = "rungs"
 METRICS = "metrics.jsonl"
@@ -94,6 +101,9 @@ class Trunk:
         self.budgets = sorted(float(b) for b in run.budget.ladder or ())
         self.names = rung_names(self.budgets)
         self.method, self.batches = build(run)
+        self.monitor = monitor_of(
+            run, self.method
+        )  # every rung's too: a rung's history starts as the trunk's
         self.checkpoints = pretrain_checkpoints(run, folder)
         self.log = MetricsLog(folder / METRICS, enabled=self.world.is_main)
         self.readings: list[EnergyReading] = []
@@ -115,6 +125,7 @@ class Trunk:
                 checkpoints=self.checkpoints,
                 distributed=True,
                 until=lambda plan: branch_step(budget, f, plan.flops_per_step),
+                monitor=self.monitor,
             )
         self.readings.append(energy.reading)
         return result
@@ -153,6 +164,7 @@ class Trunk:
                     label="pretrain",
                     checkpoints=checkpoints,
                     distributed=True,
+                    monitor=self.monitor,
                 )
             backbone, record = pretrained(
                 run,
@@ -163,6 +175,7 @@ class Trunk:
                 energy.reading,
                 ladder=self.plan(result).rung_record(i, TRUNK),
                 keep_method=True,  # the trunk trains on
+                monitor=self.monitor,
             )
             if record.energy is not None and record.energy.energy_detail:
                 detail = record.energy.energy_detail
@@ -194,6 +207,7 @@ class Trunk:
             summed(self.readings),
             ladder=self.plan(trunk).trunk_record([f"{RUNGS}/{name}" for name in self.names]),
             weights=False,
+            monitor=self.monitor,
         )
         return record
 

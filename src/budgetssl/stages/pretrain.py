@@ -30,9 +30,11 @@ from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
 from budgetssl.meter.peak import device_peak
 from budgetssl.methods.base import Method, build_method
 from budgetssl.methods.batched import OnDevice, device_views
+from budgetssl.monitor.collapse import verdict
+from budgetssl.monitor.watch import Monitor, final_values, held_out
 from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.record.sections import Energy, Identity, Pretraining, Provenance, Record, split
+from budgetssl.record.sections import Energy, Identity, Monitors, Pretraining, Provenance, Record, split
 from budgetssl.record.weights import WEIGHTS, file_sha256, save_backbone
 
 
@@ -95,6 +97,35 @@ def build(run: RunConfig) -> tuple[Method, Batches]:
     return method, batches
 
 
+def monitor_of(run: RunConfig, method: Method) -> Monitor | None:
+    """The label-free monitors on a fixed held-out batch (budgetssl.monitor.watch); none when
+    train.monitor_images is 0."""
+    if run.train.monitor_images == 0:
+        return None
+    return Monitor(method, held_out(run, method, run.train.monitor_images))
+
+
+def monitors_record(result: LoopResult, monitor: Monitor | None) -> Monitors | None:
+    """The record's monitors: their values at initialisation and at the end, their cost, the verdict."""
+    if monitor is None or not result.monitors:
+        return None
+    kept = result.monitors
+    history = [(int(step), values) for step, values in kept.get("history", [])]
+    final, steps = final_values(history)
+    init = kept.get("init")
+    return Monitors(
+        monitor_init=init,
+        monitor_final=final,
+        monitor_final_steps=steps,
+        monitor_images=monitor.images,
+        monitor_source=monitor.batch.source,
+        monitor_calls=int(kept.get("calls", 0)),
+        monitor_seconds=result.timing.monitor if result.timing else None,
+        monitor_flops=int(kept.get("flops", 0)),
+        collapse=verdict(init, final),
+    )
+
+
 def flops_per_image(backbone: Backbone, image_size: int) -> int:
     """One forward pass of the backbone on one image at the configured resolution."""
     device = next(backbone.parameters()).device
@@ -114,6 +145,7 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
         raise BudgetSSLError("a budget ladder runs through stages/ladder.py (budgetssl-pretrain/-run do)")
     world = distributed.current()
     method, batches = build(run)
+    monitor = monitor_of(run, method)
     with EnergyTracker(energy_tracked(run)) as energy:
         result = train(
             method,
@@ -124,8 +156,9 @@ def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:
             label="pretrain",
             checkpoints=pretrain_checkpoints(run, folder),
             distributed=True,
+            monitor=monitor,
         )
-    return pretrained(run, folder, method, batches, result, energy.reading)
+    return pretrained(run, folder, method, batches, result, energy.reading, monitor=monitor)
 
 
 def pretrained(
@@ -138,10 +171,12 @@ def pretrained(
     ladder: dict[str, Any] | None = None,
     keep_method: bool = False,
     weights: bool = True,
+    monitor: Monitor | None = None,
 ) -> tuple[Backbone, Record]:
     """The trained method's backbone (saved in `folder` unless not `weights`) and its record.
     `keep_method`: the method trains on after this (a ladder's trunk), so the backbone returned is a
-    copy and the method keeps its own settings; `ladder`: the record's ladder field."""
+    copy and the method keeps its own settings; `ladder`: the record's ladder field; `monitor`: the
+    monitors the loop ran (their record section and the collapse verdict)."""
     world = distributed.current()
     # The transfer fine-tunes every parameter (MAE's fixed position embedding too, as MAE's fine-tuning
     # does) and without stochastic depth, as a backbone rebuilt from its weights file would.
@@ -194,6 +229,7 @@ def pretrained(
     return backbone, Record(
         identity=identity,
         pretraining=pretraining,
+        monitors=monitors_record(result, monitor),
         energy=Energy(
             energy_kwh=reading.energy_kwh,
             co2_kg=reading.co2_kg,

@@ -101,6 +101,7 @@ def source_record(run: RunConfig) -> Record:
     return Record(
         identity=found.identity,
         pretraining=found.pretraining or Pretraining(),
+        monitors=found.monitors,  # the source's monitors and collapse verdict
         energy=found.energy,
         provenance=carried_provenance,
         extra=found.extra,

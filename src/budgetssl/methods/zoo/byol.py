@@ -26,7 +26,7 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.ema import EmaTeacher
-from budgetssl.methods.heads import mlp
+from budgetssl.methods.heads import before_last_norm, mlp
 from budgetssl.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -111,6 +111,12 @@ class BYOL(Method):
         p = self.predictor(self.projector(self.backbone(x)))
         z = self.teacher(x)
         return StepOutput(byol_loss(p[:b], p[b:], z[:b], z[b:]))
+
+    def monitor_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The online network's pooled features and its projector's output before the final batch norm
+        (the norm hides the decline: the issue's investigation)."""
+        features = self.backbone(images)
+        return {"features": features, "embedding": before_last_norm(self.projector, features)}
 
     def on_step_end(self, clock: Clock) -> dict[str, float]:
         self.teacher.update({"backbone": self.backbone, "projector": self.projector})

@@ -129,6 +129,11 @@ class CLIP(Method):
         loss = clip_loss(image, text, self.logit_scale)
         return StepOutput(loss, {"temperature": 1 / self.logit_scale.detach().exp()})  # read when logged
 
+    def monitor_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image tower's pooled features and the image embedding (its projection, before the L2 norm)."""
+        features = self.backbone(images)
+        return {"features": features, "embedding": self.image_proj(features)}
+
     def on_step_end(self, clock: Clock) -> dict[str, float]:
         with torch.no_grad():
             self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)

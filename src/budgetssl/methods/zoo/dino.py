@@ -202,6 +202,21 @@ class DINO(Method):
         self.update_center(t)
         return StepOutput(loss)
 
+    def monitor_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student's pooled features, its head's bottleneck (before the L2 norm and the prototypes),
+        and both sides' logits on the same images as the loss compares them: the teacher's centred and
+        over the current teacher temperature, the student's over its temperature."""
+        features = self.backbone(images)
+        bottleneck = self.head.mlp(features)
+        student = self.head.last(F.normalize(bottleneck, dim=-1))
+        teacher = (self.teacher(images) - self.center) / self.teacher_temp.to(images.dtype)
+        return {
+            "features": features,
+            "embedding": bottleneck,
+            "teacher_logits": teacher,
+            "student_logits": student / self.cfg.student_temp,
+        }
+
     def on_after_backward(self, clock: Clock) -> None:
         """Drop the last layer's gradients while it is frozen (main_dino.py: cancel_gradients_last_layer
         after backward, before the optimizer step); an optimizer skips a parameter without a gradient,

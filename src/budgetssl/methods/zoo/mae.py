@@ -7,6 +7,9 @@ only, and a light transformer decoder, given mask tokens at the dropped position
 As in the reference (facebookresearch/mae models_mae.py), the encoder's and the decoder's position
 embeddings are the fixed 2-D sin-cos embedding (zeros at the class token), not trained and so not
 decayed, and every linear layer (encoder and decoder) starts xavier-uniform with zero bias.
+
+The monitors (Method.monitor_outputs) read the base's default: the encoder's pooled features of the
+whole, unmasked image, what the transfer reads; MAE has no embedding besides them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import gather, rank_and_size
-from budgetssl.methods.heads import mlp
+from budgetssl.methods.heads import before_last_norm, mlp
 from budgetssl.methods.registry import METHODS
 
 if TYPE_CHECKING:
@@ -108,3 +108,8 @@ class SimCLR(Method):
         z = self.projector(self.backbone(views.transpose(0, 1).flatten(0, 1)))
         loss = nt_xent(z[:b], z[b:], self.cfg.temperature)
         return StepOutput(loss)
+
+    def monitor_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pooled features and the projector's output before its final batch norm."""
+        features = self.backbone(images)
+        return {"features": features, "embedding": before_last_norm(self.projector, features)}

@@ -5,6 +5,9 @@ resized bicubic crop and flip, timm's RandAugment and random erasing per image (
 as facebookresearch/deit datasets.py builds it), then mixup/cutmix on the batch with label smoothing
 folded into the soft targets and a soft-target cross-entropy (deit main.py). Every augmentation is an
 option, so the CPU recipe (configs/method/cpu/supervised.yaml) turns the heavy ones off.
+
+The monitors (Method.monitor_outputs) read the base's default, the pooled features the classifier reads:
+its logits, one per class, are no embedding.
 """
 
 from __future__ import annotations
