@@ -27,6 +27,8 @@ SETTINGS = [
 # asks for about half of what was measured.
 SUPERVISED_MARGIN = 5.0
 MAE_PROBE_MARGIN = 4.0
+SUPERVISED_LINEAR_MARGIN = 0.0  # linear_accuracy, points (5 shapes: chance 20%)
+NEW_PROBE_MARGIN = 0.0  # probe_miou of transfer.probe=true (readout/segmentation.py)
 
 
 def run(stage, folder: Path, *overrides: str) -> dict:

@@ -72,7 +72,9 @@ def test_stacked_adamw_is_torch_adamw_per_head():
     stacked = start.clone().requires_grad_(True)
     optimizer = StackedAdamW([stacked], torch.tensor(lrs), weight_decay=0.05)
     singles = [start[i].clone().requires_grad_(True) for i in range(3)]
-    torch_opts = [torch.optim.AdamW([p], lr=lr, weight_decay=0.05) for p, lr in zip(singles, lrs, strict=True)]
+    torch_opts = [
+        torch.optim.AdamW([p], lr=lr, weight_decay=0.05) for p, lr in zip(singles, lrs, strict=True)
+    ]
     target = torch.randn(4, 5, generator=g)
     for _ in range(20):
         stacked.grad = None
@@ -170,3 +172,12 @@ def test_a_pretrained_run_records_its_readout_and_an_unlabelled_one_says_why(tmp
     r = summary(tmp_path / "off")
     assert r["knn_accuracy"] is None and r["linear_accuracy"] is None
     assert r["readout_note"] == "readout.classify=false" and r["miou"] is not None
+
+
+def test_the_probes_upsampling_is_torchs_bilinear_resize():
+    logits = torch.randn(2, 3, 6, 4, 5)
+    got = Segmentation(6, 255).upsampled(logits, (16, 20))
+    want = torch.nn.functional.interpolate(
+        logits.reshape(6, 6, 4, 5), size=(16, 20), mode="bilinear", align_corners=False
+    ).view(2, 3, 6, 16, 20)
+    assert torch.allclose(got, want, atol=1e-6)

@@ -159,7 +159,7 @@ class ReadoutConfig:
     lrs: list[float] = MISSING  # the linear heads' lr grid (AdamW), one chosen on the held-out part
     weight_decay: float = MISSING
     max_epochs: int = MISSING
-    patience: int = MISSING  # converged: the training loss fell by less than tol (relative) in this many
+    patience: int = MISSING  # converged: the best held-out loss fell by less than tol nats in this many
     tol: float = MISSING  # epochs
     held_out_fraction: float = MISSING  # of the training images, kept out of the fit to choose the lr
     probe_images: int | None = MISSING  # the probe's training images (of the transfer's); null = all

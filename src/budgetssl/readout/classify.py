@@ -16,7 +16,6 @@ the same read-out (the same weights, images and seeds) and rank 0's record is wr
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -86,7 +85,9 @@ def why_not(cfg: DatasetConfig) -> str | None:
     return None
 
 
-def classify(backbone: Backbone, dataset_cfg: DatasetConfig, cfg: ReadoutConfig, device: torch.device) -> Readout:
+def classify(
+    backbone: Backbone, dataset_cfg: DatasetConfig, cfg: ReadoutConfig, device: torch.device
+) -> Readout:
     """`knn_accuracy` and `linear_accuracy` of `backbone` (left as it was: eval mode only inside)."""
     if not cfg.classify:
         return Readout(readout_note="readout.classify=false")
@@ -129,5 +130,3 @@ def classify(backbone: Backbone, dataset_cfg: DatasetConfig, cfg: ReadoutConfig,
         knn_seconds=knn_done - features_done,
         linear_seconds=done - knn_done,
     )
-
-

@@ -62,9 +62,18 @@ class Segmentation:
         self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def upsampled(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        L, n, K, h, w = logits.shape
-        up = F.interpolate(logits.reshape(L * n, K, h, w), size=size, mode="bilinear", align_corners=False)
-        return up.view(L, n, K, *size)
+        """F.interpolate(..., mode="bilinear", align_corners=False) as two small matrix products: the
+        resize is separable, each axis's matrix is that interpolation applied to the identity, so the
+        result is the same (tests/test_readout.py) at under half the cost on CPU, and counted."""
+        h, w = logits.shape[-2:]
+        rows = self.axis(h, size[0], logits)
+        cols = self.axis(w, size[1], logits)
+        return torch.einsum("Hh,lnkhw,Ww->lnkHW", rows, logits, cols)
+
+    @staticmethod
+    def axis(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(n, dtype=like.dtype, device=like.device).view(n, 1, 1, n)
+        return F.interpolate(eye, size=(1, size), mode="bilinear", align_corners=False).view(n, size).T
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         L, n, K = logits.shape[:3]

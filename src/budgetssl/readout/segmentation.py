@@ -103,7 +103,11 @@ def probe(
     log.discard_after(STAGE, 0)  # rows of an attempt stopped part-way: the probe is computed again
     per_epoch = fit.steps_per_epoch * fit.flops_per_step + fit.eval_flops_per_epoch
     for epoch, loss in enumerate(fit.loss_history, start=1):
-        row = {"stage": STAGE, "step": epoch * fit.steps_per_epoch, "flops": feature_flops + epoch * per_epoch}
+        row = {
+            "stage": STAGE,
+            "step": epoch * fit.steps_per_epoch,
+            "flops": feature_flops + epoch * per_epoch,
+        }
         log.write(row | {"loss": loss, "lr": fit.protocol["lr"]})
     if world.is_main:
         write_scores(folder / PROBE_SCORES, cfg, info, scores)

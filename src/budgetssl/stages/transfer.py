@@ -26,9 +26,9 @@ from budgetssl.engine.checkpoint import TRANSFER_MAY_CHANGE, Checkpoints
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.rng import seed_everything
 from budgetssl.meter.energy import EnergyTracker
-from budgetssl.record.identity import identity_of
 from budgetssl.readout.classify import classify
 from budgetssl.readout.segmentation import probe
+from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Pretraining, Provenance, Record
 from budgetssl.record.summary import SUMMARY
 from budgetssl.record.weights import load_backbone, provenance, weights_file

@@ -227,9 +227,8 @@ def check_probe(folder: RunFolder) -> Check:
         if isinstance(protocol, dict):
             comparisons.append(
                 (
-                    protocol.get("lr") in list(readout["lrs"]) and list(protocol.get("lrs", [])) == list(
-                        readout["lrs"]
-                    ),
+                    protocol.get("lr") in list(readout["lrs"])
+                    and list(protocol.get("lrs", [])) == list(readout["lrs"]),
                     f"probe_protocol's lr one of readout.lrs={list(readout['lrs'])} (config)",
                     f"lr {protocol.get('lr')} of {protocol.get('lrs')}",
                 )
