@@ -223,6 +223,10 @@ def check_readout(r: ReadoutConfig) -> None:
         len(r.lrs) >= 1 and all(lr > 0 for lr in r.lrs),
         f"readout.lrs must list learning rates > 0 (e.g. readout.lrs=[1e-3,1e-2]), got {list(r.lrs)}",
     )
+    _require(
+        len(r.probe_lrs) >= 1 and all(lr > 0 for lr in r.probe_lrs),
+        f"readout.probe_lrs must list learning rates > 0 (e.g. [0.1]), got {list(r.probe_lrs)}",
+    )
     _require(r.weight_decay >= 0, f"readout.weight_decay must be >= 0, got {r.weight_decay}")
     _require(r.tol >= 0, f"readout.tol must be >= 0, got {r.tol}")
     _require(

@@ -162,6 +162,7 @@ class ReadoutConfig:
     patience: int = MISSING  # converged: the best held-out loss fell by less than tol nats in this many
     tol: float = MISSING  # epochs
     held_out_fraction: float = MISSING  # of the training images, kept out of the fit to choose the lr
+    probe_lrs: list[float] = MISSING  # the probe's lr grid
     probe_images: int | None = MISSING  # the probe's training images (of the transfer's); null = all
     probe_batch_size: int = MISSING  # images per step of the probe's head
 

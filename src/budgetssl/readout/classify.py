@@ -36,9 +36,11 @@ from budgetssl.record.sections import Readout
 SEED = 0  # the linear fit's split and shuffles: one seed for every backbone (chosen)
 
 
-def linear_settings(cfg: ReadoutConfig, batch_size: int, eps: float = 1e-6) -> LinearSettings:
+def linear_settings(
+    cfg: ReadoutConfig, batch_size: int, lrs: list[float], eps: float = 1e-6
+) -> LinearSettings:
     return LinearSettings(
-        lrs=tuple(cfg.lrs),
+        lrs=tuple(lrs),
         weight_decay=cfg.weight_decay,
         max_epochs=cfg.max_epochs,
         patience=cfg.patience,
@@ -113,7 +115,9 @@ def classify(
     features_done = time.perf_counter()
     knn = knn_accuracy(train_f, train_y, test_f, test_y, classes, cfg.knn_k, cfg.knn_temperature)
     knn_done = time.perf_counter()
-    fit = fit_linear(train_f, train_y, classes, Classification(), linear_settings(cfg, cfg.batch_size), SEED)
+    fit = fit_linear(
+        train_f, train_y, classes, Classification(), linear_settings(cfg, cfg.batch_size, cfg.lrs), SEED
+    )
     linear = float((predict(fit, test_f).argmax(dim=1) == test_y).float().mean() * 100)
     done = time.perf_counter()
     return Readout(

@@ -92,7 +92,7 @@ def probe(
         model.backbone, read, images.split(readout.batch_size), device, count=True
     )
     features_done = time.perf_counter()
-    settings = linear_settings(readout, readout.probe_batch_size, eps=model.head.norm.eps)
+    settings = linear_settings(readout, readout.probe_batch_size, readout.probe_lrs, model.head.norm.eps)
     fit = fit_linear(features, masks, info.num_classes, Segmentation(info.num_classes, info.ignore_index),
                      settings, seed)  # fmt: skip
     head_done = time.perf_counter()

@@ -192,7 +192,7 @@ def check_probe(folder: RunFolder) -> Check:
     evaluation sum to probe_flops; the steps are the epochs' whole mini-batches; the epochs are within
     readout.max_epochs of the saved config; metrics.jsonl holds one probe row per epoch, the last at
     probe_steps and probe_flops, every row's FLOPs the feature pass plus its epochs' cost; and the
-    protocol it reports (lr among the grid, epochs) is the one it ran."""
+    protocol it reports (its grid readout.probe_lrs, the lr among it) is the one it ran."""
     record = folder.record
     if record.probe is None:
         return skip("probe", "no probe in this run")
