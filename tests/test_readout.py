@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from budgetssl.readout.classify import evenly_spaced
+from budgetssl.backbones.backbone import build_backbone
+from budgetssl.readout.classify import classify, evenly_spaced, why_not
 from budgetssl.readout.knn import knn_accuracy, knn_predict
 from budgetssl.readout.linear import (
     Classification,
@@ -19,7 +20,8 @@ from budgetssl.readout.linear import (
     fit_linear,
     predict,
 )
-from conftest import TINY, TINY_BUDGET, run_in_process, small, summary
+from conftest import TINY, TINY_BUDGET, run_config, run_in_process, small, summary
+from layouts import write_imagenet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["readout.max_epochs=40"]  # the record's fields, not the scores' quality, are checked here
@@ -181,3 +183,33 @@ def test_the_probes_upsampling_is_torchs_bilinear_resize():
         logits.reshape(6, 6, 4, 5), size=(16, 20), mode="bilinear", align_corners=False
     ).view(2, 3, 6, 16, 20)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["dataset=image_folder", "dataset.root=/tmp"], "dataset 'image_folder' has no labels"),
+        (["dataset=coco", "dataset.root=/tmp"], "has no labels (set dataset.labels=true"),
+        (["dataset=webdataset", "dataset.shards=/tmp/x.tar"], "has no labels (set dataset.label_key"),
+    ],
+)
+def test_data_without_labels_gives_null_scores_and_says_why(overrides, says):
+    run = run_config(*overrides, "method=cpu/mae")
+    section = classify(build_backbone(run.backbone, 16), run.dataset, run.readout, torch.device("cpu"))
+    assert section.knn_accuracy is None and section.linear_accuracy is None
+    assert section.readout_note is not None and says in section.readout_note
+    assert why_not(run_config("dataset=coco", "dataset.root=/tmp", "dataset.labels=true").dataset) is None
+
+
+def test_the_imagenet_layout_is_read_out_from_its_train_and_val_folders(tmp_path):
+    write_imagenet(tmp_path / "in", classes=3, per_class=10, val_per_class=4, size=(20, 24))
+    run = run_config(
+        "dataset=imagenet1k", f"dataset.root={tmp_path / 'in'}", "dataset.image_size=16",
+        "readout.train_images=6", "readout.max_epochs=20",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    section = classify(build_backbone(run.backbone, 16), run.dataset, run.readout, torch.device("cpu"))
+    assert section.readout_note is None and section.readout_dataset == "imagenet1k"
+    assert (section.readout_train_images, section.readout_test_images, section.readout_classes) == (6, 12, 3)
+    assert 0 <= section.knn_accuracy <= 100 and 0 <= section.linear_accuracy <= 100
+    assert section.knn_k == 6  # fewer bank images than k: all of them vote
