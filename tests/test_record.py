@@ -45,10 +45,11 @@ def a_record(method: str = "mae", seed: int = 0, miou: float = 31.5) -> s.Record
 
 def test_every_field_has_a_unit_entry_and_no_field_is_in_two_sections():
     names = [f.name for cls in (s.Identity, s.Outcome, s.Pretraining, s.Monitors, s.Energy, s.Provenance,
-                                s.Transfer, s.Probe) for f in fields(cls)]  # fmt: skip
+                                s.Transfer, s.Probe, s.Readout) for f in fields(cls)]  # fmt: skip
     assert len(names) == len(set(names))
     assert set(s.units()) == set(names) | set(s.DERIVED)
     assert s.units()["train_flops"] == s.FLOPS and s.units()["miou"] == s.PERCENT
+    assert s.units()["knn_accuracy"] == s.units()["linear_accuracy"] == s.PERCENT
 
 
 def test_the_monitors_section_and_its_collapse_verdict_round_trip(tmp_path):

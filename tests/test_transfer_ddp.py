@@ -27,22 +27,26 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def settings() -> list[str]:
-    return [*TINY, "transfer.steps=4", "train.log_every=1"]  # the synthetic transfer: a BatchNorm head
+    # The synthetic transfer (a BatchNorm head), with the read-outs and the probe.
+    return [*TINY, "transfer.steps=4", "train.log_every=1", "transfer.probe=true"]
 
 
 def execute_in_process(folder: Path, overrides: list[str]) -> int:
     return run_in_process("budgetssl-transfer", *overrides, folder=folder)
 
 
-def rows(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+def rows(folder: Path, stage: str = "transfer") -> list[dict]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if row["stage"] == stage]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """The same transfer on two processes (torchrun) and on one (in this process)."""
     root = tmp_path_factory.mktemp("transfer_ddp")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    # The tests' helpers, then whatever PYTHONPATH this process has (so the ranks import the same budgetssl).
+    path = os.pathsep.join(p for p in (str(Path(__file__).parent), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", __file__, str(root / "two"), *settings()]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -65,6 +69,22 @@ def test_two_processes_spend_and_score_what_one_process_does(runs):
         json.loads((runs / f / "transfer_scores.json").read_text())["per_class_iou"] for f in ("two", "one")
     ]
     assert per_class[0] == pytest.approx(per_class[1], abs=1e-3)
+
+
+def test_the_read_outs_and_the_probe_give_one_answer_on_two_processes(runs):
+    """Every rank computes them alike (readout/): the same scores, protocol and cost as one process."""
+    two, one = summary(runs / "two"), summary(runs / "one")
+    keys = (
+        "knn_accuracy",
+        "linear_accuracy",
+        "linear_protocol",
+        "probe_miou",
+        "probe_protocol",
+        "probe_flops",
+    )
+    assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
+    assert (two["probe_world_size"], one["probe_world_size"]) == (2, 1)
+    assert len(rows(runs / "two", "probe")) == two["probe_epochs"]  # rank 0 alone wrote them
 
 
 def test_rank_0_alone_writes(runs):

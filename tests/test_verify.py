@@ -145,6 +145,14 @@ TAMPERING = {
     ),
     "last pretraining row missing": (drop_last_pretrain_row, "metrics", "last 'pretrain' row at step"),
     "transfer cost edited": (lambda f: edit_record(f, transfer_flops=1), "transfer", "vs transfer_flops 1"),
+    "probe cost edited": (lambda f: edit_record(f, probe_flops=1), "probe", "vs probe_flops 1"),
+    "probe epochs edited": (
+        lambda f: edit_record(
+            f, probe_epochs=json.loads((f / "summary.json").read_text())["probe_epochs"] + 1
+        ),
+        "probe",
+        "probe_feature_flops + probe_steps x probe_flops_per_step + probe_epochs x",
+    ),
     "budget edited in the record": (lambda f: edit_record(f, budget_flops=2e10), "identity", "budget_flops="),
     "folder renamed": (lambda f: f.rename(f.with_name(f.name[:-1] + "x")), "config_hash", "folder named"),
 }

@@ -34,6 +34,7 @@ from budgetssl.config.schema import (
     EnergyConfig,
     LoggerConfig,
     MethodConfig,
+    ReadoutConfig,
     TrainConfig,
     TransferConfig,
 )
@@ -56,6 +57,7 @@ class RunConfig:
     method: MethodConfig
     transfer: TransferConfig
     logger: LoggerConfig
+    readout: ReadoutConfig
     rerun: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +169,7 @@ def build_run(
         method=typed(cfg.method, method, "method"),
         transfer=typed(cfg.transfer, transfer, "transfer"),
         logger=typed(cfg.logger, LoggerConfig, "logger"),
+        readout=typed(cfg.readout, ReadoutConfig, "readout"),
         rerun=cfg.rerun,
     )
     check_values(run)
@@ -212,3 +215,29 @@ def check_values(run: RunConfig) -> None:
     for key in ("peak_flops_per_s", "power_watts", "pue", "grid_kg_per_kwh"):
         _require(getattr(h, key) > 0, f"energy.hardware.{key} must be > 0, got {getattr(h, key)}")
     _require(0 < h.utilization <= 1, f"energy.hardware.utilization must be in (0, 1], got {h.utilization}")
+    check_readout(run.readout)
+
+
+def check_readout(r: ReadoutConfig) -> None:
+    for key in ("train_images", "test_images", "batch_size", "knn_k", "max_epochs", "patience"):
+        _require(getattr(r, key) >= 1, f"readout.{key} must be >= 1, got {getattr(r, key)}")
+    _require(r.probe_batch_size >= 1, f"readout.probe_batch_size must be >= 1, got {r.probe_batch_size}")
+    _require(r.knn_temperature > 0, f"readout.knn_temperature must be > 0, got {r.knn_temperature}")
+    _require(
+        len(r.lrs) >= 1 and all(lr > 0 for lr in r.lrs),
+        f"readout.lrs must list learning rates > 0 (e.g. readout.lrs=[1e-3,1e-2]), got {list(r.lrs)}",
+    )
+    _require(
+        len(r.probe_lrs) >= 1 and all(lr > 0 for lr in r.probe_lrs),
+        f"readout.probe_lrs must list learning rates > 0 (e.g. [0.1]), got {list(r.probe_lrs)}",
+    )
+    _require(r.weight_decay >= 0, f"readout.weight_decay must be >= 0, got {r.weight_decay}")
+    _require(r.tol >= 0, f"readout.tol must be >= 0, got {r.tol}")
+    _require(
+        0 < r.held_out_fraction < 1,
+        f"readout.held_out_fraction must be in (0, 1), got {r.held_out_fraction}",
+    )
+    _require(
+        r.probe_images is None or r.probe_images >= 2,
+        f"readout.probe_images must be >= 2 or null (every training image), got {r.probe_images}",
+    )

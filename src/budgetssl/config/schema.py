@@ -146,6 +146,29 @@ class LoggerConfig:
 
 
 @dataclass
+class ReadoutConfig:
+    """Frozen features read out (budgetssl/readout/): k-NN and linear accuracy on the pretraining data's
+    labels, and the linear fit the segmentation probe (transfer.probe) shares. configs/config.yaml holds
+    the values and says where each comes from."""
+
+    classify: bool = MISSING  # knn_accuracy and linear_accuracy of every backbone transferred
+    train_images: int = MISSING  # the k-NN bank and the linear classifier's training set (train split)
+    test_images: int = MISSING  # scored on the held-out (val) split
+    batch_size: int = MISSING  # images per forward pass, and the linear classifier's mini-batch
+    knn_k: int = MISSING
+    knn_temperature: float = MISSING
+    lrs: list[float] = MISSING  # the linear heads' lr grid (AdamW), one chosen on the held-out part
+    weight_decay: float = MISSING
+    max_epochs: int = MISSING
+    patience: int = MISSING  # converged: the best held-out loss fell by less than tol nats in this many
+    tol: float = MISSING  # epochs
+    held_out_fraction: float = MISSING  # of the training images, kept out of the fit to choose the lr
+    probe_lrs: list[float] = MISSING  # the probe's lr grid
+    probe_images: int | None = MISSING  # the probe's training images (of the transfer's); null = all
+    probe_batch_size: int = MISSING  # images per step of the probe's head
+
+
+@dataclass
 class BackboneConfig:
     name: str = MISSING
     family: str = MISSING  # vit | cnn: how feature maps are read out of the timm model

@@ -37,12 +37,13 @@ REQUIRED = ("format", "step", "spent", "plan", "model", "optimizer")
 # result (config/volatile.py, the list the run folder's name also leaves out), extended by what the
 # pretraining state in a checkpoint does not depend on: the device (a checkpoint is read onto the CPU and
 # moved) and how the device runs the same arithmetic (TF32, the optimizer's kernels, torch.compile), the
-# energy section (how energy is metered, the CO2 estimate's hardware model and grid) and the transfer
-# section (it runs after pretraining, from the finished backbone).
+# energy section (how energy is metered, the CO2 estimate's hardware model and grid), the transfer
+# section (it runs after pretraining, from the finished backbone) and the readout section (read-outs of
+# the frozen backbone, computed again whenever they run).
 HOW_IT_RUNS: tuple[str, ...] = ("train.device", "train.tf32", "train.fused_optimizer", "train.compile")
-MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy", "transfer")
-# A transfer's (or probe's) checkpoint depends on the transfer section too.
-TRANSFER_MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy")
+MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy", "transfer", "readout")
+# A transfer's checkpoint depends on the transfer section too.
+TRANSFER_MAY_CHANGE: tuple[str, ...] = (*VOLATILE, *HOW_IT_RUNS, "energy", "readout")
 
 
 class CheckpointError(BudgetSSLError):

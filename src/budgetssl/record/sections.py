@@ -182,13 +182,24 @@ class Transfer:
 
 @dataclass
 class Probe:
-    """transfer.probe=true: the same start frozen, a linear head; metered apart, not in total_flops."""
+    """transfer.probe=true: the same start frozen, its features of the transfer's training images computed
+    once, a linear head trained to convergence on them (readout/segmentation.py); metered apart, not in
+    total_flops. probe_flops = probe_feature_flops + probe_steps x probe_flops_per_step + probe_epochs x
+    probe_eval_flops_per_epoch."""
 
-    probe_steps: int | None = _f("steps")
+    probe_steps: int | None = _f("steps")  # the head's steps (every lr of the grid at once)
     probe_flops_per_step: int | None = _f(FLOPS)
     probe_flops: int | None = _f(FLOPS)
+    probe_feature_flops: int | None = _f(FLOPS + ", the backbone's forward on the training images")
+    probe_epochs: int | None = _f("epochs")
+    probe_steps_per_epoch: int | None = _f("steps")
+    probe_eval_flops_per_epoch: int | None = _f(FLOPS + ", each epoch's fit loss and held-out score")
+    probe_images: int | None = _f("images")  # the transfer's training images the head trained on
+    probe_protocol: dict[str, Any] | None = _f()  # lr grid, lr chosen, epochs, converged, final loss
     probe_final_loss: float | None = _f()
-    probe_wall_seconds: float | None = _f(SECONDS)
+    probe_wall_seconds: float | None = _f(SECONDS)  # the whole probe, its scoring included
+    probe_feature_seconds: float | None = _f(SECONDS + ", reading the images and their features")
+    probe_head_seconds: float | None = _f(SECONDS + ", training the heads")
     probe_world_size: int | None = _f("processes")
     probe_resumed_from_step: int | None = _f("steps")
     probe_miou: float | None = _f(PERCENT)
@@ -197,6 +208,26 @@ class Probe:
     probe_scores: str | None = _f()
     probe_energy_kwh: float | None = _f(KWH)
     probe_co2_kg: float | None = _f(KG)
+
+
+@dataclass
+class Readout:
+    """Classification quality from the frozen backbone's pooled features, on the pretraining dataset's
+    labels (readout/classify.py); null scores and a note where the data has none."""
+
+    knn_accuracy: float | None = _f(PERCENT)  # DINO's weighted k-NN, top-1, on the held-out split
+    linear_accuracy: float | None = _f(PERCENT)  # a linear classifier, top-1, on the held-out split
+    readout_dataset: str | None = _f()
+    readout_train_images: int | None = _f("images")  # the k-NN bank and the classifier's training set
+    readout_test_images: int | None = _f("images")
+    readout_classes: int | None = _f("classes")
+    knn_k: int | None = _f("neighbours")
+    knn_temperature: float | None = _f()
+    linear_protocol: dict[str, Any] | None = _f()  # lr grid, lr chosen, epochs, converged, final loss
+    readout_feature_seconds: float | None = _f(SECONDS + ", reading the images and their features")
+    knn_seconds: float | None = _f(SECONDS)
+    linear_seconds: float | None = _f(SECONDS)
+    readout_note: str | None = _f()  # why the scores are null
 
 
 # Every section, in the order summary.json writes them, by the Record attribute that holds it.
@@ -209,6 +240,7 @@ SECTIONS: tuple[tuple[str, type], ...] = (
     ("provenance", Provenance),
     ("transfer", Transfer),
     ("probe", Probe),
+    ("readout", Readout),
 )
 # Derived once, here, from the sections: written into summary.json for readers without this package.
 DERIVED = {
@@ -239,6 +271,7 @@ class Record:
     provenance: Provenance | None = None
     transfer: Transfer | None = None
     probe: Probe | None = None
+    readout: Readout | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # keys no section knows (older or newer writers)
 
     def sections(self) -> list[Any]:

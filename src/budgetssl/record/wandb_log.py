@@ -75,6 +75,8 @@ def headline(record: Record) -> dict[str, Any]:
         "miou": t and t.miou,
         "pixel_accuracy": t and t.pixel_accuracy,
         "probe_miou": record.probe and record.probe.probe_miou,
+        "knn_accuracy": record.readout and record.readout.knn_accuracy,
+        "linear_accuracy": record.readout and record.readout.linear_accuracy,
         "energy_kwh": e and e.energy_kwh,
         "co2_kg": e and e.co2_kg,
         "co2_kg_estimated": e and e.co2_kg_estimated,

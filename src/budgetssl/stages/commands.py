@@ -27,9 +27,7 @@ def transfer_only(run: RunConfig, folder: Path) -> Record:
     """budgetssl-transfer: the source run's record (or random init's) with this transfer."""
     from budgetssl.stages.transfer import source_record, transfer
 
-    record = source_record(run)
-    section, probed = transfer(run, folder)
-    return record.merge(transfer=section, probe=probed)
+    return source_record(run).merge(**transfer(run, folder))
 
 
 def pretrain_then_transfer(run: RunConfig, folder: Path) -> Record:
@@ -38,8 +36,7 @@ def pretrain_then_transfer(run: RunConfig, folder: Path) -> Record:
     from budgetssl.stages.transfer import transfer
 
     def transferred(rung: RunConfig, rung_folder: Path, backbone: Backbone) -> dict[str, Any]:
-        section, probed = transfer(rung, rung_folder, backbone)
-        return {"transfer": section, "probe": probed}
+        return transfer(rung, rung_folder, backbone)
 
     if run.budget.ladder is not None:
         from budgetssl.stages.ladder import ladder

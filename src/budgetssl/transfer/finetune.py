@@ -1,5 +1,5 @@
-"""The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it;
-optionally also the probe (frozen backbone, linear head) on the same data and budget.
+"""The transfer stage: fine-tune a segmentation head (and the backbone, unless frozen), then score it.
+The frozen probe (transfer.probe=true) is readout/segmentation.py; it scores with `score` here.
 
 Under torchrun both run data-parallel like pretraining: `transfer.batch_size` is the global batch, each
 rank trains on its share (batch norm and the loss's pixel count taken over the global batch), the FLOPs
@@ -32,7 +32,7 @@ from budgetssl.errors import ConfigError
 from budgetssl.meter.budget import Budget, FlopBudget, StepBudget
 from budgetssl.record.files import write_json
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.record.sections import Probe, Transfer
+from budgetssl.record.sections import Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
@@ -235,27 +235,6 @@ def finetune(
 
 
 def probe_config(cfg: TransferConfig) -> TransferConfig:
-    """The probe: the transfer's data, budget (steps or FLOPs), optimizer settings and evaluation, with a
-    linear head on the frozen backbone, whatever head and mode the transfer itself uses."""
+    """The probe's transfer section: the transfer's data and evaluation, with a linear head on the frozen
+    backbone, whatever head and mode the transfer itself uses."""
     return replace(cfg, head="linear", freeze_backbone=True, layer_decay=None)
-
-
-def probe(
-    cfg: TransferConfig,
-    backbone: Backbone,
-    train_cfg: TrainConfig,
-    seed: int,
-    folder: Path,
-    checkpoints: Checkpoints | None = None,
-) -> Probe:
-    """Score `backbone` frozen with a linear head (transfer.probe=true): its record section. Its cost is
-    metered (probe_flops) but not part of total_flops, which counts what the fine-tuned score cost."""
-    fitted = fit(probe_config(cfg), backbone, train_cfg, seed, folder, "probe", PROBE_SCORES, checkpoints)
-    scores = fitted.scores
-    return Probe(
-        **fitted_fields("probe", fitted),
-        probe_miou=scores["miou"],
-        probe_miou_objects=scores["miou_objects"],
-        probe_pixel_accuracy=scores["pixel_accuracy"],
-        probe_scores=PROBE_SCORES,
-    )

@@ -124,13 +124,14 @@ def check_metrics(folder: RunFolder) -> Check:
 
 
 def fine_tuning(folder: RunFolder, prefix: str) -> Check:
-    """The transfer's (`prefix` transfer) or the probe's (probe) cost: steps x FLOPs per step, its budget
-    (transfer.flops, or transfer.steps from the saved config), its rows in metrics.jsonl, and for the
-    transfer the record's total_flops."""
+    """The transfer's cost (`prefix` transfer: steps x FLOPs per step, its budget, transfer.flops or
+    transfer.steps from the saved config, its rows in metrics.jsonl, the record's total_flops) or the
+    probe's (`probe`)."""
+    if prefix == "probe":
+        return check_probe(folder)
     record = folder.record
     keys = [f"{prefix}_steps", f"{prefix}_flops_per_step", f"{prefix}_flops"]
-    section = record.transfer if prefix == "transfer" else record.probe
-    if section is None:
+    if record.transfer is None:
         return skip(prefix, f"no {prefix} in this run")
     missing = _missing(record, keys)
     if missing:
@@ -163,7 +164,7 @@ def fine_tuning(folder: RunFolder, prefix: str) -> Check:
         comparisons.append((False, "metrics.jsonl in the run folder", "no such file"))
     else:
         comparisons += rows_agree(folder, prefix, steps, spent, None)
-    if prefix == "transfer" and "total_flops" in folder.flat and record.total_flops is not None:
+    if "total_flops" in folder.flat and record.total_flops is not None:
         written = folder.flat["total_flops"]
         comparisons.append(
             (
@@ -173,6 +174,86 @@ def fine_tuning(folder: RunFolder, prefix: str) -> Check:
             )
         )
     return first_failure(prefix, comparisons, f"{steps} x {per_step} = {spent}, as logged")
+
+
+PROBE_KEYS = [
+    "probe_steps",
+    "probe_flops_per_step",
+    "probe_flops",
+    "probe_feature_flops",
+    "probe_epochs",
+    "probe_steps_per_epoch",
+    "probe_eval_flops_per_epoch",
+]
+
+
+def check_probe(folder: RunFolder) -> Check:
+    """The probe's cost (readout/segmentation.py): its feature pass, its head's steps and each epoch's
+    evaluation sum to probe_flops; the steps are the epochs' whole mini-batches; the epochs are within
+    readout.max_epochs of the saved config; metrics.jsonl holds one probe row per epoch, the last at
+    probe_steps and probe_flops, every row's FLOPs the feature pass plus its epochs' cost; and the
+    protocol it reports (its grid readout.probe_lrs, the lr among it) is the one it ran."""
+    record = folder.record
+    if record.probe is None:
+        return skip("probe", "no probe in this run")
+    missing = _missing(record, PROBE_KEYS)
+    if missing:
+        return fail("probe", ", ".join(PROBE_KEYS), f"no {', '.join(missing)}")
+    steps, per_step, spent, features, epochs, per_epoch, evals = (int(record.value(k)) for k in PROBE_KEYS)
+    summed = features + steps * per_step + epochs * evals
+    comparisons = [
+        (
+            summed == spent,
+            f"probe_feature_flops + probe_steps x probe_flops_per_step + probe_epochs x "
+            f"probe_eval_flops_per_epoch = {summed}",
+            f"probe_flops {spent}",
+        ),
+        (
+            steps == epochs * per_epoch,
+            f"probe_steps = probe_epochs x probe_steps_per_epoch = {epochs * per_epoch}",
+            f"{steps}",
+        ),
+    ]
+    readout = folder.config.get("readout") if isinstance(folder.config.get("readout"), dict) else {}
+    protocol = record.value("probe_protocol")
+    if readout:
+        comparisons.append(
+            (
+                1 <= epochs <= int(readout["max_epochs"]),
+                f"probe_epochs in [1, readout.max_epochs={readout['max_epochs']}] (config)",
+                f"{epochs}",
+            )
+        )
+        if isinstance(protocol, dict):
+            comparisons.append(
+                (
+                    protocol.get("lr") in list(readout["lrs"])
+                    and list(protocol.get("lrs", [])) == list(readout["lrs"]),
+                    f"probe_protocol's lr one of readout.lrs={list(readout['lrs'])} (config)",
+                    f"lr {protocol.get('lr')} of {protocol.get('lrs')}",
+                )
+            )
+    if folder.rows is None:
+        comparisons.append((False, "metrics.jsonl in the run folder", "no such file"))
+    else:
+        comparisons += rows_agree(folder, "probe", steps, spent, None)
+        rows = folder.stage_rows("probe")
+        comparisons.append((len(rows) == epochs, f"{epochs} 'probe' rows, one per epoch", f"{len(rows)}"))
+        wrong = [
+            r
+            for e, r in enumerate(rows, start=1)
+            if r.get("flops") != features + e * (per_epoch * per_step + evals)
+            or r.get("step") != e * per_epoch
+        ]
+        if wrong:
+            comparisons.append(
+                (False, "each 'probe' row at its epoch's steps and FLOPs", f"step {wrong[0].get('step')}")
+            )
+    return first_failure(
+        "probe",
+        comparisons,
+        f"{features} + {steps} x {per_step} + {epochs} x {evals} = {spent}, as logged",
+    )
 
 
 def _trunk_record(folder: RunFolder, trunk: Any) -> tuple[dict[str, Any] | None, str]:
