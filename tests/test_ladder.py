@@ -167,6 +167,20 @@ def test_the_smallest_rung_is_a_separate_wsd_run_at_its_budget_bit_for_bit(ladde
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_largest_rungs_teacher_is_its_separate_wsd_runs_on_every_step(ladder, tmp_path):
+    """The trunk's teacher starts where a separate run of every rung would (methods/ema.py: the default
+    rule's start does not depend on the plan at these lengths), so each rung's momentum is its own run's."""
+    separate = tmp_path / "separate"
+    overrides = [*TINY, *small("byol"), "train.schedule=wsd", "budget.flops=6.4e10", "train.log_every=1"]
+    assert run_in_process("budgetssl-pretrain", *overrides, folder=separate) == 0
+    got, want = summary(rung(ladder, "6.4e10")), summary(separate)
+    assert got["teacher_base_momentum"] == want["teacher_base_momentum"]
+    assert got["teacher_init_weight"] == pytest.approx(want["teacher_init_weight"], rel=1e-12)
+    momenta = [[r["momentum"] for r in rows(f / "metrics.jsonl")] for f in (rung(ladder, "6.4e10"), separate)]
+    assert momenta[0] == momenta[1] and len(momenta[0]) == STEPS["6.4e10"]
+    assert momenta[0][0] == got["teacher_base_momentum"] and momenta[0][-1] == 1.0
+
+
 def test_running_the_same_command_on_a_completed_ladder_changes_nothing(ladder):
     def state() -> dict[str, bytes]:
         kept = ("summary.json", "metrics.jsonl", "backbone.safetensors")

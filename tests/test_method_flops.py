@@ -81,8 +81,11 @@ def test_simclr_costs_two_supervised_steps_plus_its_projector(supervised):
 
 def test_byol_adds_the_teachers_forward_not_a_third_trained_pass(supervised):
     got, m = step(*small("byol")), sizes("byol")
-    projector = linear(96, m.proj_hidden_dim, m.proj_hidden_dim, m.proj_dim)  # 3 layers
-    online = NANO.trained(SIZE) + 3 * (projector + linear(m.proj_dim, m.pred_hidden_dim, m.proj_dim))
+    # The CPU config's heads (configs/method/cpu/byol.yaml: BYOL's own 2-layer projector and predictor)
+    assert (m.proj_layers, m.pred_layers) == (2, 2)
+    projector = linear(96, *[m.proj_hidden_dim] * (m.proj_layers - 1), m.proj_dim)
+    predictor = linear(m.proj_dim, *[m.pred_hidden_dim] * (m.pred_layers - 1), m.proj_dim)
+    online = NANO.trained(SIZE) + 3 * (projector + predictor)
     teacher = NANO.forward(SIZE) + projector
     assert got["flops_per_step"] == 2 * BATCH * (online + teacher)
     assert got["breakdown"]["forward"]["teacher"] == 2 * BATCH * teacher

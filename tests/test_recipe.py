@@ -21,7 +21,7 @@ from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
-from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
+from budgetssl.methods.ema import RULES, EmaTeacher, momentum_at, planned_base_momentum
 from conftest import run_config
 
 
@@ -204,3 +204,75 @@ def test_teacher_follows_the_plan_from_its_first_update():
         teacher.update({"net": student})
     assert float(teacher.init_weight) == pytest.approx(init_weight_of_plan(steps), rel=1e-9)
     assert float(teacher.init_weight) <= 0.01
+
+
+LN100 = math.log(100)
+
+
+@pytest.mark.parametrize("steps", [1, 42, 168, 921, 2303, 93_800])
+def test_the_published_rule_starts_at_the_published_momentum_at_any_plan_length(steps):
+    assert planned_base_momentum(0.996, steps, "published") == 0.996
+    assert planned_base_momentum(0.99, steps, "published", floor=0.995) == 0.99  # the floor is not read
+
+
+def test_the_floor_rule_is_the_floor_on_short_plans_and_the_published_start_on_long_ones():
+    # Up to 2 ln(100) / (1 - 0.99) = 921 updates the budget-aware start is below the floor ...
+    for steps in (1, 42, 168, 921):
+        assert 1 - 2 * LN100 / steps <= 0.99
+        assert planned_base_momentum(0.996, steps, "floor", floor=0.99) == 0.99
+    # ... between 921 and 2303 it is the budget-aware start, from 2303 on the published one.
+    assert planned_base_momentum(0.996, 1500, "floor", floor=0.99) == pytest.approx(1 - 2 * LN100 / 1500)
+    assert 0.99 < planned_base_momentum(0.996, 1500, "floor", floor=0.99) < 0.996
+    assert planned_base_momentum(0.996, 2303, "floor", floor=0.99) == 0.996
+    for steps in (1, 10, 100, 1000, 10_000):
+        budget_aware = planned_base_momentum(0.996, steps, "budget_aware")
+        assert planned_base_momentum(0.996, steps, "floor", floor=0.99) == max(0.99, budget_aware)
+    # A floor at the published start is the published rule.
+    assert planned_base_momentum(0.99, 42, "floor", floor=0.99) == planned_base_momentum(
+        0.99, 42, "published"
+    )
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_teacher_plans_its_start_by_its_rule_and_weighs_its_random_start_by_the_momenta(rule):
+    steps, student = 42, nn.Linear(2, 2)
+    teacher = EmaTeacher({"net": student}, base_momentum=0.996, rule=rule, floor=0.99)
+    teacher.schedule(0.0)
+    start = teacher.plan(steps)
+    assert start == float(teacher.planned_base) == planned_base_momentum(0.996, steps, rule, 0.99)
+    assert start == {"published": 0.996, "floor": 0.99, "budget_aware": 1 - 2 * LN100 / steps}[rule]
+    momenta = []
+    for i in range(steps):
+        if i:
+            teacher.schedule(i / (steps - 1))
+        momenta.append(teacher.momentum_now)
+        teacher.update({"net": student})
+    assert momenta[0] == start and momenta[-1] == 1.0
+    assert float(teacher.init_weight) == pytest.approx(math.prod(momenta), rel=1e-12)
+    # Only the budget-aware start forgets the random teacher within 42 updates (the floor's keeps 68%).
+    assert (float(teacher.init_weight) <= 0.01) == (rule == "budget_aware")
+
+
+def test_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="unknown momentum rule 'fast'"):
+        EmaTeacher({"net": nn.Linear(2, 2)}, base_momentum=0.996, rule="fast")
+    with pytest.raises(ValueError, match="unknown momentum rule"):
+        planned_base_momentum(0.996, 10, "fast")
+
+
+@pytest.mark.parametrize("method", ["byol", "dino"])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method.momentum_rule=fast"], "method.momentum_rule must be one of published, floor, budget_aware"),
+        (
+            ["method.momentum_rule=floor", "method.momentum_floor=0.999"],
+            "method.momentum_floor=0.999 is above",
+        ),
+        (["method.momentum_floor=1.5"], r"method.momentum_floor must be in \[0, 1\]"),
+        (["method.base_momentum=-0.1"], r"method.base_momentum must be in \[0, 1\]"),
+    ],
+)
+def test_a_bad_momentum_rule_is_refused_naming_the_option(method, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        run_config(f"method=cpu/{method}", *overrides)

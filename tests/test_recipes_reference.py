@@ -188,6 +188,11 @@ def test_method_sections_hold_the_references_values():
     )
     byol = run_config("method=byol", *VIT_B).method
     assert (byol.proj_layers, byol.pred_layers, byol.proj_dim, byol.last_bn) == (3, 2, 256, True)
+    # The published momentum schedules at any plan length (methods/ema.py; the sweep in cpu/*.yaml).
+    assert (dino.base_momentum, dino.momentum_rule) == (0.996, "published")
+    assert (byol.base_momentum, byol.momentum_rule) == (0.99, "published")
+    for option in ("cpu/dino", "cpu/byol", "resnet/byol"):
+        assert run_config(f"method={option}").method.momentum_rule == "published"
 
 
 # ----- models: tiny backbones (vit_nano at 16 px) and heads -----
@@ -336,7 +341,7 @@ def test_simclr_and_byol_decay_every_parameter_as_moco_v3_and_dino_spares_only_b
     assert decay[id(dino.backbone.model.blocks[0].norm1.weight)] == 0
 
 
-def test_simclr_and_byol_heads_are_the_moco_v3_studys_on_vits_and_their_own_on_resnets():
+def test_simclr_and_byol_heads_are_the_moco_v3_studys_on_vits_and_their_own_on_resnets_and_at_cpu_size():
     def shape(head: nn.Sequential) -> list[str]:
         return [
             f"linear{'+b' if m.bias is not None else ''}"
@@ -348,8 +353,14 @@ def test_simclr_and_byol_heads_are_the_moco_v3_studys_on_vits_and_their_own_on_r
 
     simclr, _, _ = tiny("simclr")
     assert shape(simclr.projector) == ["linear", "bn+affine", "linear", "bn+affine", "linear", "bn"]
+    # BYOL's reference config on a ViT: the MoCo v3 study's heads (a 3-layer projector, last BN on both).
+    narrow = ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64", "method.proj_dim=32"]
+    byol_vit, _ = build(run_config(*TINY, "method=byol", *narrow))
+    assert shape(byol_vit.projector) == ["linear", "bn+affine", "linear", "bn+affine", "linear", "bn"]
+    assert shape(byol_vit.predictor) == ["linear", "bn+affine", "linear", "bn"]
+    # At CPU size BYOL's own (configs/method/cpu/byol.yaml: chosen by the sweep), no output BN.
     byol, _, _ = tiny("byol")
-    assert shape(byol.predictor) == ["linear", "bn+affine", "linear", "bn"]
+    assert shape(byol.projector) == shape(byol.predictor) == ["linear", "bn+affine", "linear"]
     resnet = [*TINY, "backbone=resnet18"]
     simclr_rn, _ = build(run_config(*resnet, "method=resnet/simclr", "method.proj_hidden_dim=64"))
     assert shape(simclr_rn.projector) == ["linear", "bn+affine", "linear", "bn"]  # SimCLR's output BN

@@ -148,7 +148,8 @@ def test_under_wsd_dino_warms_and_freezes_on_the_smallest_rung_and_anneals_on_th
     cfg, top = dino.cfg, RUNGS[-1]
     dino.on_plan(WSD_LADDER.reference_steps(plan(top)))
     base = float(dino.teacher.planned_base)
-    assert base == planned_base_momentum(cfg.base_momentum, 20)  # planned on the smallest rung's 20 steps
+    # planned on the smallest rung's 20 steps, by the configured rule
+    assert base == planned_base_momentum(cfg.base_momentum, 20, cfg.momentum_rule, cfg.momentum_floor)
     # The teacher temperature warms up over 12.5% of the smallest rung (2.4 of its steps), then holds.
     temps = [dino.on_step_start(at(s, top))["teacher_temp"] for s in range(64)]
     assert temps[0] == cfg.warmup_teacher_temp and temps[1] < cfg.teacher_temp
@@ -205,6 +206,46 @@ def test_the_budget_aware_teacher_keeps_every_rung_under_one_percent_of_its_rand
             teacher.schedule(at(step, budget).anneal)
             teacher.update({"net": nn.Linear(2, 2)})
         assert float(teacher.init_weight) <= 0.01
+
+
+def rung_and_separate_momenta(rule: str, budget: float, base: float = 0.996) -> tuple[list, list]:
+    """The momentum of every update of the ladder's rung at `budget` (trunk planned on the smallest rung)
+    and of a separate wsd run at `budget` (planned on its own steps), under `rule` with a 0.99 floor."""
+    out = []
+    for timeline in (WSD_LADDER, Timeline(WSD, 0.2)):
+        teacher = EmaTeacher({"net": nn.Linear(2, 2)}, base_momentum=base, rule=rule, floor=0.99)
+        teacher.plan(timeline.reference_steps(plan(budget)))
+        out.append(
+            [teacher.schedule(timeline.clock(s, plan(budget)).anneal) for s in range(plan(budget).steps)]
+        )
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("rule", ["published", "floor"])
+def test_a_rungs_teacher_follows_its_separate_runs_momentum_on_every_step(rule):
+    """Under a start that does not depend on the plan (published; the floor at plans of at most
+    2 ln(100) / (1 - floor) = 921 updates, the demo's), a rung's teacher is its separate run's."""
+    for budget in RUNGS:
+        rung, separate = rung_and_separate_momenta(rule, budget)
+        assert rung == separate  # exactly, step by step
+        assert rung[0] == {"published": 0.996, "floor": 0.99}[rule] and rung[-1] == 1.0
+
+
+def test_under_the_budget_aware_start_a_larger_rungs_teacher_is_faster_than_its_separate_runs():
+    """The documented difference (methods/ema.py): the smallest rung is its separate run; a larger rung
+    starts at the smallest rung's start, lower than its own plan's, and stays below it until its end."""
+    smallest, *larger = RUNGS
+    rung, separate = rung_and_separate_momenta("budget_aware", smallest)
+    assert rung == separate
+    for budget in larger:
+        rung, separate = rung_and_separate_momenta("budget_aware", budget)
+        assert (
+            rung[0]
+            == planned_base_momentum(0.996, 20)
+            < separate[0]
+            == planned_base_momentum(0.996, plan(budget).steps)
+        )
+        assert all(a < b for a, b in zip(rung[:-1], separate[:-1], strict=True)) and rung[-1] == separate[-1]
 
 
 def test_a_ladder_of_1_2_4_8_16_with_a_fifth_cooling_down_spends_19_units_against_31():

@@ -18,14 +18,13 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from budgetssl.backbones.backbone import Backbone, without_drop_path
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
-from budgetssl.methods.ema import EmaTeacher
+from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
 from budgetssl.methods.heads import before_last_norm, mlp
 from budgetssl.methods.registry import METHODS
 
@@ -34,10 +33,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class BYOLConfig(MethodConfig):
-    """Values in configs/method/byol.yaml (cited there)."""
+class BYOLConfig(TeacherConfig):
+    """Values in configs/method/byol.yaml (cited there); the momentum's fields are TeacherConfig's."""
 
-    base_momentum: float = MISSING
     proj_hidden_dim: int = MISSING
     proj_dim: int = MISSING
     proj_layers: int = MISSING  # linear layers of the projector
@@ -81,14 +79,13 @@ class BYOL(Method):
             last_bn=cfg.last_bn,
             last_bias=False,
         )
-        self.teacher = EmaTeacher({"backbone": backbone, "projector": self.projector}, cfg.base_momentum)
+        self.teacher = EmaTeacher.of({"backbone": backbone, "projector": self.projector}, cfg)
         without_drop_path(self.teacher.parts["backbone"])  # the target network runs without stochastic depth
 
     @classmethod
     def check(cls, run: RunConfig) -> None:
         cfg = run.method
-        if not 0 <= cfg.base_momentum <= 1:
-            raise ConfigError(f"method.base_momentum must be in [0, 1], got {cfg.base_momentum}")
+        check_teacher_config(cfg)
         if not 0 < cfg.crop_scale_min <= 1:
             raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
         if min(cfg.proj_layers, cfg.pred_layers) < 1:

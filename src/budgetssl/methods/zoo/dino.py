@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from budgetssl.backbones.backbone import Backbone, without_drop_path
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
@@ -28,7 +27,7 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import mean_over_ranks
-from budgetssl.methods.ema import EmaTeacher
+from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
 from budgetssl.methods.heads import DINOHead
 from budgetssl.methods.registry import METHODS
 
@@ -39,8 +38,9 @@ REFERENCE_LOCAL_RATIO = 96 / 224  # the reference's local crop side over its glo
 
 
 @dataclass
-class DINOConfig(MethodConfig):
-    """Values in configs/method/dino.yaml (the reference's, cited there)."""
+class DINOConfig(TeacherConfig):
+    """Values in configs/method/dino.yaml (the reference's, cited there); the momentum's fields are
+    TeacherConfig's."""
 
     global_crops: int = MISSING
     local_crops: int = MISSING
@@ -57,7 +57,6 @@ class DINOConfig(MethodConfig):
     teacher_temp: float = MISSING
     warmup_teacher_temp_fraction: float = MISSING
     center_momentum: float = MISSING
-    base_momentum: float = MISSING
     interpolation: str = MISSING  # resampling of the crops: bicubic (main_dino.py) | bilinear
 
 
@@ -109,7 +108,7 @@ class DINO(Method):
             cfg.bottleneck_dim,
             norm_last_layer=cfg.norm_last_layer,
         )
-        self.teacher = EmaTeacher({"backbone": backbone, "head": self.head}, cfg.base_momentum)
+        self.teacher = EmaTeacher.of({"backbone": backbone, "head": self.head}, cfg)
         without_drop_path(self.teacher.parts["backbone"])  # main_dino.py builds the teacher without it
         self.local_size = local_size(cfg, data.image_size, getattr(backbone, "patch_size", None))
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
@@ -152,9 +151,9 @@ class DINO(Method):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(cfg, name)}")
         check_interpolation(cfg.interpolation)
-        for name in ("center_momentum", "base_momentum"):
-            if not 0 <= getattr(cfg, name) <= 1:
-                raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(cfg, name)}")
+        if not 0 <= cfg.center_momentum <= 1:
+            raise ConfigError(f"method.center_momentum must be in [0, 1], got {cfg.center_momentum}")
+        check_teacher_config(cfg)
 
     def views(self) -> MultiView:
         cfg, size = self.cfg, self.data.image_size
