@@ -1,8 +1,8 @@
 """Score pretrained backbones for the EMA-teacher sweep of issue 20 (Deliver 4 and 5).
 
-A MEASUREMENT TOOL FOR THIS SWEEP ONLY, not part of the package: the label-free monitors
-(`budgetssl.monitor`) and the k-NN / linear readouts are being built elsewhere; when they land, the lead
-switches this sweep to them. Until then it computes, for each run folder given (a rung or a single run,
+A measurement tool for this sweep (the tables in configs/method/cpu/dino.yaml and byol.yaml), not part of
+the package; its effective rank and teacher statistics are the package's monitors (budgetssl.monitor). It
+computes, for each run folder given (a rung or a single run,
 with its `.hydra/config.yaml`, last checkpoint and `summary.json`), and for random init:
 
 - `linear_probe`: a multinomial logistic regression on the backbone's pooled features (frozen, eval
@@ -47,6 +47,7 @@ from budgetssl.engine.checkpoint import read_checkpoint
 from budgetssl.engine.rng import seed_everything
 from budgetssl.methods.augment import to_normalized
 from budgetssl.methods.base import build_method
+from budgetssl.monitor import measures
 from budgetssl.plugins import check_config
 
 TRAIN, TEST, STATS = 2048, 1024, 512
@@ -117,43 +118,28 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, classes: int) -> 
     }
 
 
-def effective_rank(features: torch.Tensor) -> float:
-    s = torch.linalg.svdvals(features)
-    p = s / s.sum() + 1e-7
-    return math.exp(-(p * p.log()).sum().item())
-
-
 @torch.no_grad()
 def dino_stats(method, samples) -> dict:
+    """The teacher's statistics on two global crops of each held-out scene, through the package's
+    monitors (budgetssl.monitor.measures), with the run's final centre and teacher temperature."""
     cfg = method.cfg
     views = method.views()
     torch.manual_seed(0)
     crops = torch.stack([views(s)["global"] for s in samples])  # (B, G, C, H, W)
-    b, g = crops.shape[:2]
+    g = crops.shape[1]
     x = crops.transpose(0, 1).flatten(0, 1)
     method.eval()
     t = method.teacher(x).double().chunk(g)
     s = method.head(method.backbone(x)).double().chunk(g)
     q = [F.softmax((ti - method.center.double()) / cfg.teacher_temp, dim=-1) for ti in t]
-    log_p = [F.log_softmax(si / cfg.student_temp, dim=-1) for si in s]
-
-    def entropy(p: torch.Tensor) -> torch.Tensor:
-        return -(p * p.clamp_min(1e-30).log()).sum(-1)
-
-    per_image = torch.cat([entropy(qi) for qi in q]).mean().item()
-    batch_mean = sum(entropy(qi.mean(0)).item() for qi in q) / g
-    kl = [
-        (q[i] * (q[i].clamp_min(1e-30).log() - log_p[j])).sum(-1).mean().item()
-        for i in range(g)
-        for j in range(g)
-        if i != j
-    ]
+    p = [F.softmax(si / cfg.student_temp, dim=-1) for si in s]
+    kl = [measures.kl_divergence(q[i], p[j]) for i in range(g) for j in range(g) if i != j]
     return {
-        "teacher_entropy": per_image,
+        "teacher_entropy": sum(measures.mean_entropy(qi) for qi in q) / g,
         "ln_k": math.log(cfg.out_dim),
-        "entropy_gap": batch_mean - per_image,
+        "entropy_gap": sum(measures.entropy_gap(qi) for qi in q) / g,
         "kl_teacher_student": sum(kl) / len(kl),
-        "prototypes_used": int(torch.cat([qi.argmax(-1) for qi in q]).unique().numel()),
+        "prototypes_used": measures.prototypes_in_use(torch.cat(q)),
     }
 
 
@@ -169,7 +155,7 @@ def score(run, method_state: dict | None, summary: dict) -> dict:
     labels = torch.tensor([s["label"] for s in samples])
     row = {
         **linear_probe(features, labels, len(info.class_names)),
-        "effective_rank": effective_rank(features[:TRAIN]),
+        "effective_rank": measures.effective_rank(features[:TRAIN]),
     }
     if method is not None and run.method.name == "dino":
         row.update(dino_stats(method, samples[TRAIN : TRAIN + STATS]))
