@@ -288,10 +288,13 @@ def test_run_folders_without_a_ladder_keep_their_names_and_checkpoints():
     """The hashes of run folders named before these options existed (computed then), and a checkpoint
     written then resumes: the new keys at their defaults are as if absent. The readout section came
     later and renames every folder on purpose (records made before it hold no read-outs and the former
-    probe): without it, the names are those of then."""
+    probe): without it, the names are those of then. So does the EMA teacher's `method.momentum_rule`
+    (its default, published, changes what DINO and BYOL train): without it and its floor, the same."""
 
     def before_readout(*overrides: str) -> dict:
-        return {k: v for k, v in job(*overrides).items() if k != "readout"}
+        config = {k: v for k, v in job(*overrides).items() if k != "readout"}
+        method = {k: v for k, v in config["method"].items() if k not in ("momentum_rule", "momentum_floor")}
+        return config | {"method": method}
 
     assert config_hash(before_readout(), "pretrain") == "00ac1e83f5"
     assert config_hash(before_readout(), "run") == "0c6670e7fa"
@@ -299,6 +302,8 @@ def test_run_folders_without_a_ladder_keep_their_names_and_checkpoints():
     tuned = before_readout("method=mae", "train.batch_size=64", "+experiment=tune_cpu")
     assert config_hash(tuned, "run") == "f4b3efa9c9"
     assert config_hash(job(), "run") != "0c6670e7fa"  # the readout section renames
+    dino = {k: v for k, v in job("method=cpu/dino", "budget.flops=5e11").items() if k != "readout"}
+    assert config_hash(dino, "pretrain") != "677bceecee"  # and the teacher's rule
     ladder = job("budget.ladder=[5e11,1e12]")
     assert config_hash(ladder, "pretrain") != config_hash(job(), "pretrain")  # another folder
     assert config_hash(job("train.schedule=wsd"), "pretrain") != config_hash(job(), "pretrain")
