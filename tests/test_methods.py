@@ -34,7 +34,12 @@ PARTS = {
 # The ViT heads' output batch norm (MoCo v3's) spreads a batch of 16 over the whole sphere, so the loss of
 # a few steps is too noisy to fall measurably (25 steps at lr 1e-3: last/first fifth 1.03 for SimCLR, 0.93
 # for BYOL; without it 0.77 and 0.67). The heads themselves are tested in test_recipes_reference.py.
-SHORT_RUN_HEADS = {"simclr": ["method.proj_last_bn=false"], "byol": ["method.last_bn=false"]}
+# DINO's published teacher (0.996) barely moves in a few steps: a faster start for the machinery.
+SHORT_RUN_HEADS = {
+    "simclr": ["method.proj_last_bn=false"],
+    "byol": ["method.last_bn=false"],
+    "dino": ["method.momentum_rule=budget_aware"],
+}
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -64,7 +69,7 @@ def test_method_runs_end_to_end_within_its_budget_and_its_loss_falls(method, tmp
     assert 0 <= record["miou"] <= 100
     last = rows[len(losses) - 1]
     if method in ("byol", "dino"):
-        cfg = run_config(*small(method)).method
+        cfg = run_config(*small(method), *SHORT_RUN_HEADS.get(method, [])).method
         base = planned_base_momentum(
             cfg.base_momentum, record["planned_steps"], cfg.momentum_rule, cfg.momentum_floor
         )
@@ -74,7 +79,7 @@ def test_method_runs_end_to_end_within_its_budget_and_its_loss_falls(method, tmp
         # The record's weight of the random teacher is the product of the momenta the updates used, and
         # under the cosine it is bounded by exp(-(1 - m0') N / 2) (methods/ema.py).
         assert record["teacher_init_weight"] == pytest.approx(math.prod(momenta), rel=1e-9)
-        assert 0 < record["teacher_init_weight"] <= math.exp(-(1 - base) * len(momenta) / 2)
+        assert 0 <= record["teacher_init_weight"] <= math.exp(-(1 - base) * len(momenta) / 2)
     if method == "dino":
         assert rows[0]["teacher_temp"] == pytest.approx(0.04) and last["teacher_temp"] == pytest.approx(0.07)
 

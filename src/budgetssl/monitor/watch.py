@@ -73,7 +73,10 @@ def samples(dataset: Any) -> Iterator[dict[str, Any]]:
 
 def measure(outputs: dict[str, torch.Tensor]) -> dict[str, float]:
     """The monitors of one call's outputs: rank and spread of the features and of the embedding (where
-    the method gives one), and the prototype statistics where it gives teacher and student logits."""
+    the method gives one), and the prototype statistics where it gives teacher and student logits. Non-finite
+    outputs (a diverged run) give none: the loop's loss check ends such a run at its step, with its record."""
+    if not all(torch.isfinite(v).all() for v in outputs.values()):
+        return {}
     values = embedding_measures(outputs["features"], "features")
     if "embedding" in outputs:
         values |= embedding_measures(outputs["embedding"], "embedding")
