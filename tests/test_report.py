@@ -515,6 +515,58 @@ def test_the_findings_name_a_method_below_random_init_and_one_falling_with_budge
     assert "| mae | synthetic | vit_nano | 1e+12 | 3 | 30.00 | 1.00 | - |" in markdown
     best = [r.split(" | ")[:2] for r in section(markdown, "### Pareto front") if r.startswith("| 2e+12")]
     assert best == [["| 2e+12", "simclr"]]
+    # byol is below random init at its largest budget and falls: marked `did not learn`, with both reasons;
+    # simclr (25 at 2e12) and mae beat random init where they end and never fall beyond the noise.
+    unlearned = markdown.split("### Methods that did not learn (mIoU)", 1)[1].split("\n#", 1)[0]
+    assert [line for line in unlearned.splitlines() if line.startswith("- ")] == [
+        "- byol / synthetic / vit_nano: not above random init beyond the seeds' noise at its largest budget, "
+        "4e+12 FLOPs (12.50 against 20.00, noise margin 1.63); falls with budget beyond the seeds' noise at "
+        "2e+12 FLOPs (13.00 against 16.00)"
+    ]
+
+
+def test_a_method_that_does_not_beat_random_init_where_it_ends_or_falls_is_marked_and_left_out(tmp_path):
+    """Three seeds, spread 1 (noise margin 1.63), random init 20. simclr scores 21 at both budgets: at its
+    largest it ties random init, so it did not learn, although at 1e12 it is 2 above mae (beyond the noise)
+    and would be the best there. dino beats random init everywhere but falls 30 -> 26: marked too. mae
+    rises 19 -> 30: it learned. Marked points are tabled but out of the front, the best and the fits;
+    --include-unlearned puts them back, marked."""
+    root = tmp_path / "runs"
+    scores = {
+        ("random_init", 0.0): 20.0, ("simclr", 1e12): 21.0, ("simclr", 2e12): 21.0, ("dino", 1e12): 30.0,
+        ("dino", 2e12): 26.0, ("mae", 1e12): 19.0, ("mae", 2e12): 30.0, ("mae", 4e12): 33.0,
+    }  # fmt: skip
+    for (method, budget), mean in scores.items():
+        for seed, d in enumerate((0.0, 1.0, -1.0)):
+            run(root, f"{method}_{budget:g}_{seed}", method, budget, mean + d, seed, collapse=None)
+    out = tmp_path / "out"
+    report.main([str(root), "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    unlearned = markdown.split("### Methods that did not learn (mIoU)", 1)[1].split("\n#", 1)[0]
+    assert "left out of the Pareto front, the best method per budget, the crossings and the fits" in unlearned
+    assert [line for line in unlearned.splitlines() if line.startswith("- ")] == [
+        "- dino / synthetic / vit_nano: falls with budget beyond the seeds' noise at 2e+12 FLOPs (26.00 "
+        "against 30.00)",
+        "- simclr / synthetic / vit_nano: not above random init beyond the seeds' noise at its largest "
+        "budget, 2e+12 FLOPs (21.00 against 20.00, noise margin 1.63)",
+    ]
+    best = [r.split(" | ")[:2] for r in section(markdown, "### Pareto front") if r.startswith("| 1e+12")]
+    assert best == [["| 1e+12", "mae"]]
+    front = [r.split(" | ")[0] for r in section(markdown, "### Pareto front")[1:] if " | " in r]
+    assert "| simclr" not in front and "| dino" not in front
+    assert "| simclr | synthetic | vit_nano | 1e+12 | 3 | 21.00 | 1.00 | did not learn |" in markdown
+    assert (
+        "- left out of the fits as methods that did not learn (`--include-unlearned` fits them): " in markdown
+    )
+    assert "| mae | synthetic | vit_nano | 3 |" in markdown  # mae's three budgets are fitted
+    # Back in every verdict with --include-unlearned, marked.
+    again_out = tmp_path / "again"
+    report.main([str(root), "--out", str(again_out), "--include-unlearned"])
+    again = (again_out / "report.md").read_text()
+    best = [r.split(" | ")[:2] for r in section(again, "### Pareto front") if r.startswith("| 1e+12")]
+    assert best == [["| 1e+12", "dino (did not learn)"]]
+    assert "they stay in every verdict, marked, because of `--include-unlearned`" in again
+    assert "left out of the fits as methods that did not learn" not in again
 
 
 def test_the_findings_say_none_when_every_method_learns(tmp_path):

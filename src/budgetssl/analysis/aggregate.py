@@ -33,6 +33,8 @@ class Point:
     values: tuple[float, ...] = ()  # each seed's y, in the order the runs were read
     collapsed: int = 0  # seeds whose record says `collapse` (analysis/collapse.py: what that does)
     rules: tuple[str, ...] = ()  # the first rule that fired in each collapsed seed, each named once
+    # Why the report judges this point's configuration did not learn in `y` (analysis/learning.py), or ''.
+    unlearned: str = ""
 
     @property
     def baseline(self) -> bool:

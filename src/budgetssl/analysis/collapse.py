@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # aggregate.py reads the verdicts through this module: no imp
     from budgetssl.analysis.collect import Run
 
 FIELD = "collapse"
+UNLEARNED = "did not learn"  # the mark of a point analysis/learning.py judges unlearned
 FORMAT = (
     "null, or an object {'rule': <name>, 'values': {<name>: number}, 'thresholds': {<name>: number}, "
     "'rules': [<name>, ...]}"
@@ -92,39 +93,53 @@ def is_collapsed(p: Point) -> bool:
     return p.collapsed > 0
 
 
-def kept(points: Iterable[Point], include_collapsed: bool = False) -> list[Point]:
-    """The points a verdict may use: all of them with `include_collapsed`, else the uncollapsed ones."""
-    return [p for p in points if include_collapsed or not is_collapsed(p)]
+def kept(
+    points: Iterable[Point], include_collapsed: bool = False, include_unlearned: bool = False
+) -> list[Point]:
+    """The points a verdict may use: the uncollapsed ones (all with `include_collapsed`) whose configuration
+    the report does not judge unlearned (analysis/learning.py; all with `include_unlearned`)."""
+    return [
+        p for p in points
+        if (include_collapsed or not is_collapsed(p)) and (include_unlearned or not p.unlearned)
+    ]  # fmt: skip
 
 
-def judged(found: Aggregate, include_collapsed: bool = False) -> Aggregate:
+def judged(found: Aggregate, include_collapsed: bool = False, include_unlearned: bool = False) -> Aggregate:
     """The aggregate every verdict reads (front, best per budget, crossings, fits, the ties' noise)."""
     return dataclasses.replace(
         found,
-        points=kept(found.points, include_collapsed),
-        baselines=kept(found.baselines, include_collapsed),
+        points=kept(found.points, include_collapsed, include_unlearned),
+        baselines=kept(found.baselines, include_collapsed, include_unlearned),
     )
 
 
 def note(p: Point) -> str:
-    """'' or `collapsed: rank_ratio` / `collapsed in 1 of 3 seeds: rank_ratio` (first rules that fired)."""
-    if not is_collapsed(p):
-        return ""
-    seeds = "" if p.collapsed == p.seeds else f" in {p.collapsed} of {p.seeds} seeds"
-    return f"collapsed{seeds}: {', '.join(p.rules)}"
+    """'' or what marks the point: `collapsed: rank_ratio` / `collapsed in 1 of 3 seeds: rank_ratio` (first
+    rules that fired) and/or `did not learn` (the report's judgement, analysis/learning.py)."""
+    parts = []
+    if is_collapsed(p):
+        seeds = "" if p.collapsed == p.seeds else f" in {p.collapsed} of {p.seeds} seeds"
+        parts.append(f"collapsed{seeds}: {', '.join(p.rules)}")
+    if p.unlearned:
+        parts.append(UNLEARNED)
+    return "; ".join(parts)
 
 
 def mark(label: str, points: Sequence[Point]) -> str:
     """A method's name as a verdict's table prints it: `byol (collapsed: rank_ratio)` where the verdict
-    rests on a collapsed point (only with --include-collapsed), else the name alone."""
+    rests on a collapsed point, `simclr (did not learn)` on one judged unlearned (only with the
+    `--include-*` options), else the name alone."""
     flagged = [p for p in points if is_collapsed(p)]
-    if not flagged:
-        return label
-    if len(points) == 1:
-        return f"{label} ({note(flagged[0])})"
-    rules = sorted({r for p in flagged for r in p.rules})
-    at = ", ".join(f"{p.budget:.3g}" for p in sorted(flagged, key=lambda p: p.budget))
-    return f"{label} (collapsed at {at}: {', '.join(rules)})"
+    marks = []
+    if len(points) == 1 and (flagged or points[0].unlearned):
+        return f"{label} ({note(points[0])})"
+    if flagged:
+        rules = sorted({r for p in flagged for r in p.rules})
+        at = ", ".join(f"{p.budget:.3g}" for p in sorted(flagged, key=lambda p: p.budget))
+        marks.append(f"collapsed at {at}: {', '.join(rules)}")
+    if any(p.unlearned for p in points):
+        marks.append(UNLEARNED)
+    return f"{label} ({'; '.join(marks)})" if marks else label
 
 
 RULE_TEXT = (

@@ -2,7 +2,8 @@
 the Pareto front marked (with the points the seeds' noise cannot tell apart from it), random init drawn
 as the zero-budget level, and each converged scaling fit as a dashed curve with its bootstrap band.
 A collapsed point (analysis/collapse.py) is drawn with its own marker, ✕, and never joins the front
-unless `include_collapsed`."""
+unless `include_collapsed`; a point of a method that did not learn (analysis/learning.py) with its own,
++, and never joins the front unless `include_unlearned`."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ LABELS = {
 
 MARKERS = ("o", "^", "D", "v", "P", "*")  # one per dataset and backbone drawn together
 COLLAPSED = "x"  # a collapsed point's marker, whatever its dataset and backbone (none of MARKERS)
+UNLEARNED = "+"  # a point of a method that did not learn (analysis/learning.py), likewise
 
 
 def _label(field: str) -> str:
@@ -74,7 +76,7 @@ def fit_curves(fits: list[Fit], upto: float | None = None) -> list[FitCurve]:
 
 def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[str, Any],
           noise: Noise | None = None, curves: Sequence[FitCurve] = (),
-          include_collapsed: bool = False) -> bool:  # fmt: skip
+          include_collapsed: bool = False, include_unlearned: bool = False) -> bool:  # fmt: skip
     lines: dict[tuple, list[Point]] = defaultdict(list)
     for p in points:
         lines[(p.label, str(p.dataset), str(p.backbone))].append(p)
@@ -90,18 +92,30 @@ def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[st
             [p.y for p in line],
             yerr=[p.spread for p in line] if any(p.seeds > 1 for p in line) else None,
             marker=marker[(dataset, backbone)],
-            markevery=[i for i, p in enumerate(line) if not is_collapsed(p)],
+            markevery=[i for i, p in enumerate(line) if not is_collapsed(p) and not p.unlearned],
             capsize=3,
             color=colours[label],
             label=f"{label} {dataset}/{backbone}" if len(variants) > 1 else label,
         )
-        flagged = [p for p in line if is_collapsed(p)]
-        if flagged:
-            ax.scatter([p.x for p in flagged], [p.y for p in flagged], marker=COLLAPSED, s=90,
-                       linewidths=2, color=colours[label], zorder=4)  # fmt: skip
-    if any(is_collapsed(p) for p in points):
-        where = "in the front: --include-collapsed" if include_collapsed else "not in the front or fits"
-        ax.scatter([], [], marker=COLLAPSED, s=90, linewidths=2, color="black", label=f"collapsed ({where})")
+        collapsed = [p for p in line if is_collapsed(p)]
+        unlearned = [p for p in line if p.unlearned and not is_collapsed(p)]
+        for symbol, flagged in ((COLLAPSED, collapsed), (UNLEARNED, unlearned)):
+            if flagged:
+                ax.scatter([p.x for p in flagged], [p.y for p in flagged], marker=symbol, s=90,
+                           linewidths=2, color=colours[label], zorder=4)  # fmt: skip
+    for symbol, name, option, included, shown in (
+        (COLLAPSED, "collapsed", "--include-collapsed", include_collapsed, any(map(is_collapsed, points))),
+        (
+            UNLEARNED,
+            "did not learn",
+            "--include-unlearned",
+            include_unlearned,
+            any(p.unlearned for p in points),
+        ),
+    ):
+        if shown:
+            where = f"in the front: {option}" if included else "not in the front or fits"
+            ax.scatter([], [], marker=symbol, s=90, linewidths=2, color="black", label=f"{name} ({where})")
     if curves:  # one legend entry for every fit, in neutral grey
         band = f", {LEVEL:.0%} bootstrap band" if any(c.band is not None for c in curves) else ""
         ax.plot([], [], linestyle="--", color="grey", lw=1, label="scaling fit" + band)
@@ -111,7 +125,7 @@ def _draw(ax: Any, points: list[Point], baselines: list[Point], colours: dict[st
         if c.band is not None:
             ax.fill_between(c.xs, c.band[0], c.band[1], color=colour, alpha=0.15, lw=0)
     placed = [b for b in baselines if b.x is not None]
-    candidates = kept(points + placed, include_collapsed)
+    candidates = kept(points + placed, include_collapsed, include_unlearned)
     front = pareto_front(candidates)
     circled = pareto_front(candidates, noise) if noise is not None else front
     if front:
@@ -147,12 +161,22 @@ def _save(fig: Any, out: Path) -> Path:
 
 
 def plot_points(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
-                curves: Sequence[FitCurve] = (), include_collapsed: bool = False) -> Path:  # fmt: skip
+                curves: Sequence[FitCurve] = (), include_collapsed: bool = False,
+                include_unlearned: bool = False) -> Path:  # fmt: skip
     """Draw the aggregate's `y` against its `x` (with the fits' `curves`, where its x is the fits'
     FLOPs); refuse an empty figure."""
     x, y = found.x, found.y
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    if not _draw(ax, found.points, found.baselines, _colours(found), noise, curves, include_collapsed):
+    if not _draw(
+        ax,
+        found.points,
+        found.baselines,
+        _colours(found),
+        noise,
+        curves,
+        include_collapsed,
+        include_unlearned,
+    ):
         plt.close(fig)
         raise ValueError(f"no completed run has both '{x}' and '{y}' to plot")
     ax.set_xlabel(_label(x))
@@ -163,7 +187,8 @@ def plot_points(found: Aggregate, out: Path, title: str = "", noise: Noise | Non
 
 
 def plot_facets(found: Aggregate, out: Path, title: str = "", noise: Noise | None = None,
-                curves: Sequence[FitCurve] = (), include_collapsed: bool = False) -> Path:  # fmt: skip
+                curves: Sequence[FitCurve] = (), include_collapsed: bool = False,
+                include_unlearned: bool = False) -> Path:  # fmt: skip
     """One panel per pretraining dataset (rows) and backbone (columns); random init by backbone."""
     x, y = found.x, found.y
     datasets = sorted({p.dataset for p in found.points if p.dataset is not None})
@@ -180,7 +205,7 @@ def plot_facets(found: Aggregate, out: Path, title: str = "", noise: Noise | Non
             panel = [p for p in found.points if p.backbone == backbone and p.dataset == dataset]
             here = [c for c in curves if c.fit.backbone == backbone and c.fit.dataset == dataset]
             baselines = [b for b in found.baselines if b.backbone == backbone]
-            _draw(ax, panel, baselines, colours, noise, here, include_collapsed)
+            _draw(ax, panel, baselines, colours, noise, here, include_collapsed, include_unlearned)
             ax.set_title(f"{dataset} / {backbone}", fontsize=9)
             ax.set_xlabel(_label(x), fontsize=8)
             ax.set_ylabel(_label(y), fontsize=8)

@@ -125,10 +125,11 @@ def _crossovers(fits: list[Fit], params: dict[str, float]) -> list[str]:
 
 
 def scaling_section(fits: list[Fit], at: float, params: dict[str, float], label: str,
-                    default: bool = True, left_out: Sequence[str] = ()) -> list[str]:  # fmt: skip
+                    default: bool = True, left_out: Sequence[str] = (),
+                    unlearned: Sequence[str] = ()) -> list[str]:  # fmt: skip
     """The section's markdown lines: the method, the table of fits, what was not fitted and why (the
-    collapsed points `left_out` of the fits among it), the predicted best at `at` and the predicted
-    crossovers."""
+    collapsed points `left_out` of the fits, and the points of methods that did not learn, `unlearned`),
+    the predicted best at `at` and the predicted crossovers."""
     resamples = max((f.resamples for f in fits), default=0)
     lines = [
         "## Scaling fits",
@@ -166,9 +167,14 @@ def scaling_section(fits: list[Fit], at: float, params: dict[str, float], label:
         lines.append(
             "- left out of the fits as collapsed (`--include-collapsed` fits them): " + ", ".join(left_out)
         )
+    if unlearned:
+        lines.append(
+            "- left out of the fits as methods that did not learn (`--include-unlearned` fits them): "
+            + ", ".join(unlearned)
+        )
     if not fitted:
         lines.append(
             f"- No configuration has a fit: too few budgets or no convergence (a fit needs {MIN_BUDGETS})."
         )
-    lines += [""] if failed or not fitted or left_out else []
+    lines += [""] if failed or not fitted or left_out or unlearned else []
     return lines + _best(fitted, at, label) + _crossovers(fitted, params)

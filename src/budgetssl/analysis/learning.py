@@ -1,16 +1,27 @@
 """Whether each method learned, in the chosen metric: the findings that name a method whose mean score is
 below random init's beyond the seeds' noise, and a method whose mean falls with budget beyond the noise
 (a budget whose mean is below the previous budget's). Both use the ties' rule (analysis/noise.py), so a
-difference within the noise is never named. Collapsed points are judged too, and marked: these findings
-say what was measured, they rank nothing."""
+difference within the noise is never named. Collapsed points are judged too, and marked.
+
+The mark (chosen here, stated in the report and the README): a configuration (method, dataset, backbone,
+schedule) *did not learn* in the report's metric when, at its largest budget, its mean does not beat its
+backbone's random init beyond the seeds' noise, or when its mean falls with budget beyond the noise
+anywhere on its curve. Pretraining that buys nothing over random init at the most compute it was given,
+or loses what it had with more, is no verdict on the method's worth at that budget: like a collapsed run
+(analysis/collapse.py) its points are tabled and drawn with their mark but left out of the Pareto front,
+the best method per budget, the crossings and the fits (`--include-unlearned` puts them back). The
+monitors' verdict is per run and label-free; this one needs random init and the labels, so it lives in
+the report. Smaller budgets below random init are not marked by themselves: a method still learning at
+a small budget is what the study measures."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 
-from budgetssl.analysis.aggregate import Point
-from budgetssl.analysis.collapse import is_collapsed, note
+from budgetssl.analysis.aggregate import Aggregate, Point
+from budgetssl.analysis.collapse import UNLEARNED, is_collapsed, note
 from budgetssl.analysis.noise import Noise
 
 
@@ -66,6 +77,47 @@ def falls_with_budget(points: list[Point], noise: Noise) -> list[Shortfall]:
     return found
 
 
+def _curves(points: list[Point]) -> dict[tuple, list[Point]]:
+    curves: dict[tuple, list[Point]] = defaultdict(list)
+    for p in points:
+        curves[p.config].append(p)
+    return {config: sorted(curve, key=lambda p: p.budget) for config, curve in curves.items()}
+
+
+def unlearned(points: list[Point], baselines: list[Point], noise: Noise) -> dict[tuple, str]:
+    """Each configuration the module's rule judges unlearned, with why (its numbers)."""
+    falls = _by_config(falls_with_budget(points, noise))
+    why: dict[tuple, str] = {}
+    for config, curve in _curves(points).items():
+        top, reasons = curve[-1], []
+        b = _baseline_for(top, baselines)
+        if b is not None and (top.y <= b.y or noise.tied(top, b)):
+            reasons.append(
+                f"not above random init beyond the seeds' noise at its largest budget, {top.budget:.3g} "
+                f"FLOPs ({top.y:.2f} against {b.y:.2f}, noise margin {noise.margin(top, b):.2f})"
+            )
+        found = falls.get((top.label, top.dataset, top.backbone), [])
+        found = [s for s in found if s.point.config == config]
+        if found:
+            reasons.append(
+                "falls with budget beyond the seeds' noise at "
+                + "; ".join(
+                    f"{s.point.budget:.3g} FLOPs ({s.point.y:.2f} against {s.reference.y:.2f})" for s in found
+                )  # fmt: skip
+            )
+        if reasons:
+            why[config] = "; ".join(reasons)
+    return why
+
+
+def mark_unlearned(found: Aggregate, noise: Noise) -> Aggregate:
+    """`found` with every point of an unlearned configuration carrying why (Point.unlearned)."""
+    why = unlearned(found.points, found.baselines, noise)
+    return dataclasses.replace(
+        found, points=[dataclasses.replace(p, unlearned=why.get(p.config, "")) for p in found.points]
+    )
+
+
 def _by_config(found: list[Shortfall]) -> dict[tuple, list[Shortfall]]:
     out: dict[tuple, list[Shortfall]] = defaultdict(list)
     for s in sorted(found, key=lambda s: (s.point.label, str(s.point.dataset), str(s.point.backbone),
@@ -84,7 +136,9 @@ def _at(s: Shortfall, against: str) -> str:
     )
 
 
-def section(points: list[Point], baselines: list[Point], noise: Noise, label: str) -> list[str]:
+def section(
+    points: list[Point], baselines: list[Point], noise: Noise, label: str, include_unlearned: bool = False
+) -> list[str]:
     """The findings' lines: each method below random init, and each whose score falls with budget, at
     every budget where it does; `none` where none does."""
     lines = [f"### Methods that do not beat random init, or lose {label} with budget", ""]
@@ -103,4 +157,29 @@ def section(points: list[Point], baselines: list[Point], noise: Noise, label: st
         + "; ".join(_at(s, f"{s.reference.budget:.3g} FLOPs'") for s in found)
         for (name, dataset, backbone), found in falls.items()
     ] or [f"- no method's mean {label} falls with budget beyond the seeds' noise"]
+    return lines + [""] + unlearned_section(points, label, include_unlearned)
+
+
+def unlearned_section(points: list[Point], label: str, include_unlearned: bool = False) -> list[str]:
+    """The methods marked `did not learn` (Point.unlearned), each with why, and what the report does with
+    them; nothing where none is."""
+    marked = {(p.label, p.dataset, p.backbone): p.unlearned for p in points if p.unlearned}
+    if not marked:
+        return []
+    where = (
+        "they stay in every verdict, marked, because of `--include-unlearned`"
+        if include_unlearned
+        else "tabled and drawn (marked +) with the mark, left out of the Pareto front, the best method per "
+        "budget, the crossings and the fits (`--include-unlearned` puts them back)"
+    )
+    lines = [f"### Methods that did not learn ({label})", ""]
+    lines += [
+        f"Marked `{UNLEARNED}`: a configuration whose mean {label} at its largest budget does not beat "
+        f"random init beyond the seeds' noise, or falls with budget beyond it; {where}.",
+        "",
+    ]
+    lines += [
+        f"- {name} / {dataset or '-'} / {backbone or '-'}: {why}"
+        for (name, dataset, backbone), why in sorted(marked.items(), key=lambda kv: str(kv[0]))
+    ]
     return lines + [""]

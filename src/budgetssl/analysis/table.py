@@ -95,9 +95,9 @@ def point_name(p: Point) -> str:
 
 def summary_table(pts: list[Point], y: str = "miou") -> str:
     """One row per configuration: the mean over seeds, with the spread where there are several, and
-    whether it is collapsed (any seed: analysis/collapse.py)."""
+    its marks: collapsed (any seed: analysis/collapse.py), did not learn (analysis/learning.py)."""
     rows = [
-        "| method | dataset | backbone | budget (FLOPs) | seeds | " + y + " mean | std | collapsed |",
+        "| method | dataset | backbone | budget (FLOPs) | seeds | " + y + " mean | std | marked |",
         "|---" * 8 + "|",
     ]
     for p in sorted(pts, key=lambda p: (str(p.dataset), str(p.backbone), p.budget, -p.y)):

@@ -1,4 +1,4 @@
-"""budgetssl-report RUNS_DIR --out OUT_DIR [--include-collapsed]
+"""budgetssl-report RUNS_DIR --out OUT_DIR [--include-collapsed] [--include-unlearned]
 [--metric miou|probe_miou|miou_objects|knn_accuracy|linear_accuracy]: tables, the study's findings and
 figures from every run below RUNS_DIR (failed and unreadable records are counted, listed and left out),
 ranked by the chosen metric. The default metric writes report.md and miou_vs_*.png; another writes
@@ -8,7 +8,9 @@ front, the best method per budget, the crossings) lists as ties the differences 
 every configuration with three budgets or more gets a scaling fit, drawn on the figures and asked for the
 score at `--predict-at` FLOPs. A collapsed run (its record's `collapse`) is marked in every table and
 figure and left out of every verdict and fit unless `--include-collapsed`; the findings list it, and name
-each method below random init or falling with budget beyond the seeds' noise."""
+each method below random init or falling with budget beyond the seeds' noise. A method that at its largest
+budget does not beat random init beyond the noise, or falls with budget, is marked `did not learn` and left
+out the same way unless `--include-unlearned` (analysis/learning.py states the rule)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def figures(
     out: Path,
     curves: list[FitCurve] | None = None,
     include_collapsed: bool = False,
+    include_unlearned: bool = False,
 ) -> list[Path]:
     """The score against total FLOPs (the findings' aggregate, with the scaling fits' `curves`) and
     against CO2, each also by dataset and backbone when the runs vary either; collapsed points marked."""
@@ -72,12 +75,15 @@ def figures(
         (aggregate(records, co2, metric), f"{metric}_vs_co2", []),
     ):
         noise = noise_of(_pooled(found, include_collapsed))
+        found = learning.mark_unlearned(found, noise)
         try:
             written.append(plot_points(found, out / f"{name}.png", noise=noise, curves=drawn,
-                                       include_collapsed=include_collapsed))  # fmt: skip
+                                       include_collapsed=include_collapsed,
+                                       include_unlearned=include_unlearned))  # fmt: skip
             if several:
                 written.append(plot_facets(found, out / f"{name}_facets.png", noise=noise, curves=drawn,
-                                           include_collapsed=include_collapsed))  # fmt: skip
+                                           include_collapsed=include_collapsed,
+                                           include_unlearned=include_unlearned))  # fmt: skip
         except ValueError as e:
             print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
     return written
@@ -90,15 +96,21 @@ def _pooled(found: Aggregate, include_collapsed: bool) -> list:
 
 
 def findings(
-    found: Aggregate, params: dict[str, float], include_collapsed: bool = False, runs: list[Run] | None = None
+    found: Aggregate,
+    params: dict[str, float],
+    include_collapsed: bool = False,
+    runs: list[Run] | None = None,
+    include_unlearned: bool = False,
 ) -> list[str]:
     """Random init, the collapsed runs (from `runs`), the Pareto front and the best method per budget, the
     crossings, the means over seeds and the methods that do not learn: every verdict with the ties the
     seeds' noise leaves (analysis/noise.py states the rule, and the report repeats it), and every verdict
-    without the collapsed points unless `include_collapsed` (analysis/collapse.py states the rule)."""
+    without the collapsed points unless `include_collapsed` (analysis/collapse.py states the rule) and
+    without the points of methods that did not learn unless `include_unlearned` (analysis/learning.py)."""
     label = METRICS[found.y]
-    judged = collapse.judged(found, include_collapsed)
-    noise = noise_of(judged.points + judged.baselines)
+    noise = noise_of(_pooled(found, include_collapsed))
+    found = learning.mark_unlearned(found, noise)
+    judged = collapse.judged(found, include_collapsed, include_unlearned)
     lines = ["## Findings", ""]
     for b in sorted(found.baselines, key=lambda b: str(b.backbone)):
         lines.append(
@@ -122,10 +134,15 @@ def findings(
         "",
     ]
     every = {p.budget for p in judged.points}
-    lines += [
-        f"- at {b:.3g} FLOPs every point is collapsed: no best method (`--include-collapsed` to rank them)"
-        for b in sorted({p.budget for p in found.points} - every)
-    ]
+    for b in sorted({p.budget for p in found.points} - every):
+        here = [p for p in found.points if p.budget == b]
+        if all(collapse.is_collapsed(p) for p in here):
+            why, options = "is collapsed", "`--include-collapsed`"
+        elif not any(collapse.is_collapsed(p) for p in here):
+            why, options = "is of a method that did not learn", "`--include-unlearned`"
+        else:
+            why, options = "is collapsed or did not learn", "`--include-collapsed` and `--include-unlearned`"
+        lines.append(f"- at {b:.3g} FLOPs every point {why}: no best method ({options} to rank them)")
     lines += [""] if lines[-1] != "" else []
     crossed = crossings(judged.points, params, noise)
     if crossed:
@@ -134,7 +151,7 @@ def findings(
         lines += ["### Mean over seeds", "", summary_table(found.points, found.y), ""]
     else:
         lines += ["Every point has one seed: run more (e.g. `seed=0,1,2`) to see the spread.", ""]
-    return lines + learning.section(found.points, found.baselines, noise, label)
+    return lines + learning.section(found.points, found.baselines, noise, label, include_unlearned)
 
 
 def _flops(text: str) -> float:
@@ -160,18 +177,34 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
 
 
 def scaling_fits(
-    found: Aggregate, params: dict[str, float], predict_at: float | None, include_collapsed: bool = False
+    found: Aggregate,
+    params: dict[str, float],
+    predict_at: float | None,
+    include_collapsed: bool = False,
+    include_unlearned: bool = False,
 ) -> tuple[list[str], list[FitCurve]]:
     """The "Scaling fits" section and the curves the score-vs-FLOPs figures draw (converged fits only,
-    extended to the predicted budget); collapsed points are not fitted unless `include_collapsed`."""
+    extended to the predicted budget); collapsed points are not fitted unless `include_collapsed`, nor
+    those of methods that did not learn unless `include_unlearned`."""
     if not found.points:
         return [], []
     largest = max(p.budget for p in found.points) or max(float(p.x or 0) for p in found.points)
     at = predict_at if predict_at is not None else 10 * largest
-    judged = collapse.judged(found, include_collapsed)
+    found = learning.mark_unlearned(found, noise_of(_pooled(found, include_collapsed)))
+    judged = collapse.judged(found, include_collapsed, include_unlearned)
     fits = fit_all(judged.points)
-    left_out = [point_name(p) for p in found.points if p not in judged.points]
-    lines = scaling_section(fits, at, params, METRICS[found.y], default=predict_at is None, left_out=left_out)
+    out = [p for p in found.points if p not in judged.points]
+    collapsed = [point_name(p) for p in out if collapse.is_collapsed(p)]
+    unlearned = [point_name(p) for p in out if not collapse.is_collapsed(p)]
+    lines = scaling_section(
+        fits,
+        at,
+        params,
+        METRICS[found.y],
+        default=predict_at is None,
+        left_out=collapsed,
+        unlearned=unlearned,
+    )
     return lines, fit_curves(fits, at)
 
 
@@ -205,6 +238,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep collapsed runs (their record's `collapse`) in the Pareto front, the best method per "
         "budget, the crossings and the scaling fits; they stay marked (default: left out)",
+    )
+    parser.add_argument(
+        "--include-unlearned",
+        action="store_true",
+        help="keep the methods that did not learn (at their largest budget not above random init beyond "
+        "the seeds' noise, or falling with budget) in the Pareto front, the best method per budget, the "
+        "crossings and the scaling fits; they stay marked (default: left out)",
     )
     add_fit_options(parser)
     parser.add_argument(
@@ -255,9 +295,10 @@ def main(argv: list[str] | None = None) -> None:
         for r in records
         if r.identity.backbone and r.provenance and r.provenance.params
     }
-    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at, include)
-    drawn = figures(records, by_flops, out, curves, include)
-    found_lines = findings(by_flops, params, include, found.runs) + fit_lines
+    unlearned = args.include_unlearned
+    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at, include, unlearned)
+    drawn = figures(records, by_flops, out, curves, include, unlearned)
+    found_lines = findings(by_flops, params, include, found.runs, unlearned) + fit_lines
     csv_path = write_runs_csv(found.runs, out / RUNS_CSV)
     title = "# budgetssl report" + ("" if metric == "miou" else f": {METRICS[metric]} (`{metric}`)")
     lines = [title, "", found.describe() + "."]
@@ -274,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
         ]
     if include:
         lines += ["", "`--include-collapsed`: collapsed runs are in every verdict and fit below, marked."]
+    if unlearned:
+        lines += ["", "`--include-unlearned`: methods that did not learn are in every verdict and fit below, "
+                  "marked."]  # fmt: skip
     lines += ["", "## Runs", "", table, ""]
     lines += verified + found_lines + skipped(found)
     lines += [f"![{p.stem}]({p.name})" for p in drawn] + [""]
