@@ -28,7 +28,7 @@ Why the configs do not use it (they use `published`): a fast teacher is the fail
 warn of, and the sweep measured it. DINO's main_dino.py (--momentum_teacher help) recommends a higher start
 with small batches (0.9995 at batch 256), not a lower one, and the DINO paper (Caron et al. 2021, Sec. 5.2,
 "teacher network" ablation) finds a teacher that copies the student does not train; BYOL (Grill et al.
-2020, Sec. 5, target-decay ablation) finds a decay rate of 0 unstable and rates from 0.9 to 0.999 train.
+2020, Sec. 5, Table 5a, target decay rate) finds a decay rate of 0 unstable and rates from 0.9 to 0.999 train.
 The budget-aware start falls below 0.9 on the demo's plans (0.78 on its 42-update DINO rung, 0.85 on
 BYOL's 61), and the sweep (configs/method/cpu/dino.yaml, cpu/byol.yaml) found there a collapsed DINO
 teacher (batch-mean minus per-image entropy 0.01-0.05 nats) and a BYOL whose linear probe falls with
