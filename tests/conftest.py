@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from budgetssl.cli.common import Stage, execute
 from budgetssl.config.check import RunConfig
 from budgetssl.config.compose import compose_config
+from budgetssl.config.run_name import run_name
+from budgetssl.methods.registry import METHODS
 from budgetssl.plugins import check_config
 from budgetssl.stages.commands import pretrain_only, pretrain_then_transfer, transfer_only
 
@@ -43,6 +46,11 @@ TINY = [
 ]
 
 
+# Every registered method (methods/zoo/ and entry points): what tests that cover "every method" iterate, as
+# timm's tests iterate list_models(). A method dropped into methods/zoo/ with its two configs is run by them.
+METHOD_NAMES = METHODS.names()
+
+
 def small(method: str) -> list[str]:
     """The method at its CPU size (configs/method/cpu/: the demo's heads, decoders and text towers),
     the one place CPU sizes are written."""
@@ -55,6 +63,17 @@ TINY_BUDGET = "budget.flops=5e9"
 
 def run_config(*overrides: str) -> RunConfig:
     return check_config(compose_config(list(overrides)))
+
+
+def hydra_folder(parent: Path, command: str, overrides: list[str]) -> Path:
+    """What Hydra makes of the default hydra.run.dir (results/runs/${run_name:}) under `parent`: the folder
+    named by the composed config, the config saved as .hydra/config.yaml."""
+    cfg = compose_config(overrides)
+    OmegaConf.set_struct(cfg, False)
+    folder = parent / run_name(OmegaConf.merge(cfg, {"hydra": {"job": {"name": command}}}))  # type: ignore[arg-type]
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    return folder
 
 
 # What each console script runs once Hydra has composed its config (cli/pretrain.py, transfer.py, run.py).

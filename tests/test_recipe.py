@@ -22,7 +22,7 @@ from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
 from budgetssl.methods.ema import RULES, EmaTeacher, momentum_at, planned_base_momentum
-from conftest import run_config
+from conftest import METHOD_NAMES, run_config
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_experiment_overrides_the_method_and_the_command_line_overrides_both(use
 
 def test_every_shipped_method_recipe_wins_over_config_yaml():
     """Each method config states its optimizer and base lr; the command line still wins."""
-    for method in ("supervised", "simclr", "byol", "dino", "mae", "clip"):
+    for method in METHOD_NAMES:
         run = run_config(f"method={method}", "train.base_lr=0.042")
         assert run.train.base_lr == 0.042, method
 

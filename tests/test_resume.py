@@ -12,9 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from budgetssl.engine.checkpoint import Checkpoints, flatten, read_checkpoint
+from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.signals import EXIT_INTERRUPTED
-from conftest import BIN, TINY, run_in_process, small, summary
+from budgetssl.meter.budget import StepBudget
+from budgetssl.stages.pretrain import build, loop_settings, pretrain_checkpoints
+from conftest import BIN, METHOD_NAMES, TINY, run_config, run_in_process, small, summary
 
 # MAE draws its masks from the global RNG on every step: a resumed run must restore it exactly.
 SETTINGS = [
@@ -148,3 +153,40 @@ def test_a_corrupted_newest_checkpoint_falls_back_to_the_one_before(tmp_path, re
         assert pretrain(folder) == 0
     assert summary(folder)["resumed_from_step"] == int(older.stem.split("_")[1])
     assert_same_run(folder, reference)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_stopped_at_a_checkpoint_resumes_to_the_uninterrupted_state(method, tmp_path):
+    """Each registered method trained to step 3 and checkpointed, then resumed in a new build to the end of
+    its plan, ends where one run without a stop ends: every tensor of the method's state (EMA teachers,
+    centres, scheduled values) and the optimizer's, and the same steps and final loss."""
+    run = run_config(*TINY, *small(method), "train.num_workers=0")
+
+    def trained(folder: Path, until=None) -> tuple[LoopResult, torch.nn.Module]:
+        method_, batches = build(run)
+        result = train(
+            method_,
+            batches,
+            loop_settings(run),
+            StepBudget(6),
+            checkpoints=pretrain_checkpoints(run, folder),
+            until=until,
+        )
+        return result, method_
+
+    whole, one = trained(tmp_path / "whole")
+    assert whole.steps == 6
+    first, _ = trained(tmp_path / "stopped", until=lambda plan: 3)
+    assert first.steps == 3
+    resumed, other = trained(tmp_path / "stopped")
+    assert resumed.resumed_from_step == 3
+    assert (resumed.steps, resumed.flops, resumed.final_loss) == (whole.steps, whole.flops, whole.final_loss)
+    a, b = one.state_dict(), other.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
+    ends = [Checkpoints(tmp_path / f / "checkpoints").existing()[0] for f in ("whole", "stopped")]
+    x, y = (flatten(read_checkpoint(end)["optimizer"]) for end in ends)
+    assert x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x)
+
+
+def equal(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b

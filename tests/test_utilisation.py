@@ -16,6 +16,7 @@ from budgetssl.engine.loop import train
 from budgetssl.meter import peak
 from budgetssl.meter.budget import StepBudget
 from budgetssl.record.files import DiskFull
+from conftest import METHOD_NAMES
 from test_budget import SETTINGS, Regression, batches
 
 
@@ -131,10 +132,11 @@ def test_an_error_writing_in_the_background_is_raised_by_the_next_wait(tmp_path,
     checkpoints.wait()  # raised once
 
 
-@pytest.mark.parametrize("method", ["dino", "mae", "clip"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_the_meter_counts_what_flop_counter_mode_counts_pass_by_pass_and_part_by_part(method):
     """The meter's own dispatch mode (engine's metered step) against torch's FlopCounterMode on the same
-    step: DINO (a teacher, multi-crop calls of one backbone), MAE (a decoder), CLIP (a text tower)."""
+    step, for every method (DINO: a teacher, multi-crop calls of one backbone; MAE: a decoder; CLIP: a text
+    tower)."""
     from contextlib import contextmanager
 
     from torch.utils.flop_counter import FlopCounterMode
@@ -171,7 +173,7 @@ def test_the_meter_counts_what_flop_counter_mode_counts_pass_by_pass_and_part_by
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("method", ["supervised", "clip", "mae", "dino", "byol", "simclr"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_no_training_step_waits_for_the_gpu(method, monkeypatch):
     """Every unmetered step of the real loop (the method's forward and hooks, backward, optimizer) runs
     under CUDA's sync debug mode set to error: an op that makes the host wait for the device (a loss or

@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from budgetssl.cli import report
 from budgetssl.cli import verify as verify_cli
 from budgetssl.config.compose import compose_config
-from budgetssl.config.run_name import run_name
 from budgetssl.data.base import build_dataset
 from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Outcome, Pretraining, Provenance, Record
@@ -31,20 +29,9 @@ from budgetssl.verify.digest import check_weights
 from budgetssl.verify.flops import derive
 from budgetssl.verify.folder import open_run
 from budgetssl.verify.naming import check_config_hash
-from conftest import TINY, TINY_BUDGET, cli, run_config, run_in_process, small
+from conftest import METHOD_NAMES, TINY, TINY_BUDGET, cli, hydra_folder, run_config, run_in_process, small
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def hydra_folder(parent: Path, command: str, overrides: list[str]) -> Path:
-    """What Hydra makes of the default hydra.run.dir (results/runs/${run_name:}) under `parent`: the folder
-    named by the composed config, the config saved as .hydra/config.yaml."""
-    cfg = compose_config(overrides)
-    OmegaConf.set_struct(cfg, False)
-    folder = parent / run_name(OmegaConf.merge(cfg, {"hydra": {"job": {"name": command}}}))  # type: ignore[arg-type]
-    (folder / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -201,9 +188,8 @@ def test_report_verify_marks_the_run_that_fails_and_keeps_it(real_run, tmp_path,
 
 @pytest.mark.parametrize(
     "overrides",
-    [[*small(m)] for m in ("supervised", "clip", "mae", "dino", "byol", "simclr")]
-    + [[*small("supervised"), "backbone=resnet18", "dataset.image_size=32"]],
-    ids=["supervised", "clip", "mae", "dino", "byol", "simclr", "supervised-resnet18"],
+    [small(m) for m in METHOD_NAMES] + [[*small("supervised"), "backbone=resnet18", "dataset.image_size=32"]],
+    ids=[*METHOD_NAMES, "supervised-resnet18"],
 )
 def test_the_meta_count_is_the_real_steps(overrides):
     """One real step (measure) and the count on meta tensors (derive, and count: budgetssl-flops) agree."""
