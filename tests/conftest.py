@@ -49,6 +49,8 @@ TINY = [
 # Every registered method (methods/zoo/ and entry points): what tests that cover "every method" iterate, as
 # timm's tests iterate list_models(). A method dropped into methods/zoo/ with its two configs is run by them.
 METHOD_NAMES = METHODS.names()
+# The methods with an EMA teacher, as each declares it (Method.forward_only).
+TEACHER_METHODS = [m for m in METHOD_NAMES if "teacher" in METHODS.get(m).forward_only]
 
 
 def small(method: str) -> list[str]:

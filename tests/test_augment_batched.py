@@ -29,7 +29,8 @@ from budgetssl.errors import ConfigError
 from budgetssl.methods import batched
 from budgetssl.methods.augment import CROP_RATIO, Augment, MultiView, SingleView, resized_crop, ssl_crop
 from budgetssl.methods.batched import Draws, OnDevice, crop_boxes, device_views
-from conftest import TINY, run_config, run_in_process, small, summary
+from budgetssl.stages.pretrain import build
+from conftest import METHOD_NAMES, TINY, run_config, run_in_process, small, summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -378,3 +379,18 @@ def test_a_run_with_views_on_the_device_trains_and_costs_what_the_loader_run_cos
     # The views are data work, not the model's: the meter counts the same step either way.
     assert records["device"]["flops_per_step"] == records["loader"]["flops_per_step"]
     assert records["device"]["flops_breakdown"] == records["loader"]["flops_breakdown"]
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_batch_is_the_same_shape_whichever_path_makes_its_views(method):
+    """Each registered method's batch as the loader makes it (per sample) and as train.augment_on=auto
+    makes it (on the device, where the method's views can run there): the same fields, shapes and dtypes,
+    so the step cannot tell the two apart."""
+    got = {}
+    for where in ("loader", "auto"):
+        run = run_config(*TINY, *small(method), "train.num_workers=0", f"train.augment_on={where}")
+        task, batches = build(run)
+        batch = next(batches)
+        got[where] = {k: (tuple(v.shape), v.dtype) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    assert got["loader"] == got["auto"] and got["loader"]
+    assert all(shape[0] == 16 for shape, _ in got["loader"].values())

@@ -1,6 +1,7 @@
 """The GPU path, tested here on what runs on CPU: bf16 autocast, torch.compile (FLOPs counted on the
 eager step and agreeing with the compiled one), the optimizer's kernels, channels-last, TF32's switches,
-the CUDA attention FLOP rules (on meta tensors: no GPU needed) and, where CUDA exists, ViT-B/16's count
+the CUDA attention FLOP rules (on meta tensors: no GPU needed), every method's step on CUDA-typed fake
+tensors and, where CUDA exists, ViT-B/16's count
 under every attention kernel against the reference."""
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import pytest
 import timm
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetssl.backbones.backbone import build_backbone
 from budgetssl.engine import trainer as trainer_module
 from budgetssl.engine.precision import allow_tf32, set_tf32
 from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer, channels_last, optimizer_impl, slides_convolutions, to_device
@@ -25,7 +28,7 @@ from budgetssl.meter.counter import PassCounter
 from budgetssl.stages.flops import measure
 from budgetssl.stages.pretrain import build
 from budgetssl.transfer.heads import Segmenter
-from conftest import TINY, TINY_BUDGET, run_config, run_in_process, small, summary
+from conftest import METHOD_NAMES, TINY, TINY_BUDGET, run_config, run_in_process, small, summary
 
 CUDA = torch.device("cuda")  # a device object needs no GPU
 aten = torch.ops.aten
@@ -103,9 +106,11 @@ def test_vit_b16_on_cuda_counts_the_reference_flops_under_every_attention_kernel
     assert counter.total == ref["forward_backward_flops"]
 
 
-def test_bf16_autocast_counts_what_fp32_counts():
-    fp32 = measure(run_config(*TINY, "train.precision=fp32"))
-    bf16 = measure(run_config(*TINY, "train.precision=bf16"))
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_bf16_autocast_counts_what_fp32_counts(method):
+    """Each registered method's step costs the same FLOPs in either precision: the same steps per budget."""
+    fp32 = measure(run_config(*TINY, *small(method), "train.batch_size=4", "train.precision=fp32"))
+    bf16 = measure(run_config(*TINY, *small(method), "train.batch_size=4", "train.precision=bf16"))
     assert bf16["breakdown"] == fp32["breakdown"] and bf16["flops_per_step"] > 0
 
 
@@ -225,3 +230,51 @@ def test_tf32_switches_cuda_matmuls_and_convolutions_only(restore_matmul_precisi
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert set_tf32(True, torch.device("cpu")) is False  # nothing changed on CPU
     assert torch.get_float32_matmul_precision() == "highest"
+
+
+def fake_cuda(mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
+    return mode.from_tensor(tensor).to(CUDA)
+
+
+def on_fake_cuda(method: str):
+    """The registered `method` built at CPU size and planned (on_plan reads once per run, on the host, as the
+    loop's planning does after the metered first step), then moved with a batch of its views to CUDA-typed
+    fake tensors (torch's FakeTensorMode: no device needed). Inside the mode a tensor the method makes on the
+    host and mixes in raises FakeTensorDeviceMismatchError, and a value read back to the host (`.item()`,
+    `float(t)`, a data-dependent branch) raises DataDependentOutputException."""
+    run = run_config(*TINY, *small(method), "train.num_workers=0")
+    task, batches = build(run)
+    batch = next(batches)
+    task.on_plan(100)
+    mode = FakeTensorMode()
+    with mode:
+        task._apply(lambda t: fake_cuda(mode, t))
+        fake = {k: fake_cuda(mode, v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return mode, task, fake
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_step_runs_on_cuda_tensors_alone_with_no_host_read(method):
+    """Each registered method's step hooks, views' forward, loss and EMA update on CUDA-typed tensors
+    (backward needs a real device)."""
+    mode, task, fake = on_fake_cuda(method)
+    with mode:
+        task.train()
+        clock = Clock.of(0.3)
+        task.on_step_start(clock)
+        out = task(fake)
+        task.on_step_end(clock)
+    assert out.loss.device.type == "cuda" and out.loss.shape == ()
+    assert all(v.device.type == "cuda" for v in out.logs.values() if isinstance(v, torch.Tensor))
+    assert {t.device.type for t in (*task.parameters(), *task.buffers())} == {"cuda"}
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_monitor_read_runs_on_cuda_tensors_alone_with_no_host_read(method):
+    """What the label-free monitors read of each registered method (its features, embedding, logits), on
+    CUDA-typed tensors: the monitors read on the training device between steps."""
+    mode, task, _ = on_fake_cuda(method)
+    with mode, torch.no_grad():
+        task.eval()
+        seen = task.monitor_outputs(fake_cuda(mode, torch.zeros(4, 3, 16, 16)))
+    assert "features" in seen and all(v.device.type == "cuda" and v.shape[0] == 4 for v in seen.values())

@@ -20,12 +20,18 @@ from budgetssl.methods.registry import METHODS
 from budgetssl.methods.zoo.dino import teacher_temp_at
 from budgetssl.stages.pretrain import build, loop_settings
 from budgetssl.verify.checks import verify
-from conftest import METHOD_NAMES, TINY, hydra_folder, run_config, run_in_process, small, summary
+from conftest import (
+    METHOD_NAMES,
+    TEACHER_METHODS,
+    TINY,
+    hydra_folder,
+    run_config,
+    run_in_process,
+    small,
+    summary,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# The methods with an EMA teacher, as each declares it (Method.forward_only).
-TEACHER_METHODS = [m for m in METHOD_NAMES if "teacher" in METHODS.get(m).forward_only]
 
 # A few steps of the machinery, not the recipe, by the config field each setting sets: a method whose config
 # has the field gets it, whatever its name. The ViT heads' output batch norm (MoCo v3's) spreads a batch of 16
@@ -126,6 +132,31 @@ def one_step(method_name: str, *extra: str):
     method.train()
     trainer.step(to_device(next(batches), trainer.device), None, fraction=0.3)
     return method, trainer
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_both_configs_of_every_method_compose_typed_on_its_config_class_and_refuse_an_unknown_key(method):
+    """configs/method/<name>.yaml (the reference) and configs/method/cpu/<name>.yaml (the CPU size, which
+    extends it) name the method and check on its own config class; a key it does not have is named."""
+    for group in (method, f"cpu/{method}"):
+        run = run_config(*TINY, f"method={group}")
+        assert run.method.name == method and type(run.method) is METHODS.get(method).config_class
+    with pytest.raises(ConfigError, match="no_such_key"):
+        run_config(*TINY, f"method=cpu/{method}", "+method.no_such_key=1")
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_views_and_initial_weights_are_drawn_from_the_seed(method):
+    """The same seed builds the same model and the same first batch of views, bit for bit; another seed
+    other views: a run is reproducible from its config."""
+
+    def first(seed: int) -> tuple[dict, dict]:
+        task, batches = build(run_config(*TINY, *small(method), "train.num_workers=0", f"seed={seed}"))
+        return task.state_dict(), {k: v for k, v in next(batches).items() if isinstance(v, torch.Tensor)}
+
+    (w0, b0), (w1, b1), (_, b2) = first(0), first(0), first(1)
+    assert all(torch.equal(w0[k], w1[k]) for k in w0) and all(torch.equal(b0[k], b1[k]) for k in b0)
+    assert any(not torch.equal(b0[k], b2[k]) for k in b0 if b0[k].is_floating_point())
 
 
 @pytest.mark.parametrize("method_name", TEACHER_METHODS)

@@ -24,7 +24,7 @@ from budgetssl.monitor.measures import (
 )
 from budgetssl.monitor.watch import Monitor, final_values, held_out
 from budgetssl.stages.pretrain import build
-from conftest import TINY, run_config, run_in_process, small, summary
+from conftest import METHOD_NAMES, TINY, run_config, run_in_process, small, summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -212,3 +212,18 @@ def test_the_monitors_leave_training_unchanged(tmp_path):
     assert "monitor_flops" not in without and "collapse" not in without
     assert [r["loss"] for r in rows(on)] == [r["loss"] for r in rows(off)]
     assert not any(k.startswith("monitor/") for r in rows(off) for k in r)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_at_initialisation_is_read_by_the_monitors_and_not_flagged_against_itself(method):
+    """The monitors read each registered method's outputs on held-out images (its features at least; its
+    embedding and prototype logits where it has them), every value finite, at a priced cost; a model
+    compared with itself breaks no collapse rule."""
+    run = run_config(*TINY, *small(method), "train.monitor_images=32")
+    task, _ = build(run)
+    monitor = Monitor(task, held_out(run, task, run.train.monitor_images))
+    values = monitor(torch.device("cpu"))
+    assert values["dim_features"] == task.backbone.num_features and values["rank_features"] > 1
+    assert values and all(math.isfinite(v) for v in values.values())
+    assert verdict(values, values) is None
+    assert monitor.flops_per_call is not None and monitor.flops_per_call > 0

@@ -7,8 +7,10 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from budgetssl.config.paths import config_dir
 from budgetssl.engine.recipe import (
     Recipe,
     clip_per_parameter,
@@ -22,7 +24,7 @@ from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
 from budgetssl.methods.ema import RULES, EmaTeacher, momentum_at, planned_base_momentum
-from conftest import METHOD_NAMES, run_config
+from conftest import METHOD_NAMES, TEACHER_METHODS, run_config
 
 
 @pytest.fixture
@@ -57,11 +59,28 @@ def test_experiment_overrides_the_method_and_the_command_line_overrides_both(use
     assert (run.train.weight_decay, peak_lr(run.train)) == (0.7, 0.01)
 
 
-def test_every_shipped_method_recipe_wins_over_config_yaml():
-    """Each method config states its optimizer and base lr; the command line still wins."""
-    for method in METHOD_NAMES:
-        run = run_config(f"method={method}", "train.base_lr=0.042")
-        assert run.train.base_lr == 0.042, method
+def stated(method: str, key: str):
+    """`train.<key>` as configs/method/<method>.yaml states it, or as the method config it extends does."""
+    cfg = OmegaConf.load(config_dir() / "method" / f"{method}.yaml")
+    value = OmegaConf.select(cfg, f"train.{key}", default=None)
+    if value is not None:
+        return value
+    parents = [d.removeprefix("/method/") for d in cfg.get("defaults", []) if str(d).startswith("/method/")]
+    assert parents, f"configs/method/{method}.yaml states no train.{key} and extends no method"
+    return stated(parents[0], key)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_method_recipe_wins_over_config_yaml_and_the_command_line_over_it(method):
+    """Each method config states its optimizer and base lr, which win over config.yaml's; the command
+    line still wins over them."""
+    run = run_config(f"method={method}")
+    assert run.method.name == method
+    assert (run.train.optimizer, run.train.base_lr) == (
+        stated(method, "optimizer"),
+        stated(method, "base_lr"),
+    )
+    assert run_config(f"method={method}", "train.base_lr=0.042").train.base_lr == 0.042
 
 
 @pytest.mark.parametrize(
@@ -260,7 +279,7 @@ def test_an_unknown_rule_is_refused():
         planned_base_momentum(0.996, 10, "fast")
 
 
-@pytest.mark.parametrize("method", ["byol", "dino"])
+@pytest.mark.parametrize("method", TEACHER_METHODS)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

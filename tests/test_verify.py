@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from budgetssl.cli import flops as flops_cli
 from budgetssl.cli import report
 from budgetssl.cli import verify as verify_cli
 from budgetssl.config.compose import compose_config
@@ -201,6 +202,19 @@ def test_the_meta_count_is_the_real_steps(overrides):
     assert derived.breakdown == real["breakdown"]
     assert derived.flops_per_image == real["flops_per_image"]
     assert count(run) == real  # what budgetssl-flops prints (on meta tensors) is the real step's object
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_budgetssl_flops_prices_every_methods_reference_recipe_without_training(method, capsys):
+    """budgetssl-flops on each registered method's reference config (configs/method/<name>.yaml: its full
+    heads, crops and text tower): one step counted on meta tensors, its passes summing to it, the plan
+    the budget buys, and the backbone among the priced parts."""
+    flops_cli.main([f"method={method}"])
+    got = json.loads(capsys.readouterr().out)
+    assert got["method"] == method and got["flops_per_step"] > got["flops_per_image"] > 0
+    assert got["flops_per_step"] == sum(p["total"] for p in got["breakdown"].values())
+    assert got["planned_steps"] == floor(got["budget_flops"] / got["flops_per_step"])
+    assert "backbone" in got["breakdown"]["forward"]
 
 
 def claimed_run(
