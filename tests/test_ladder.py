@@ -23,7 +23,8 @@ from budgetssl.config.run_name import config_hash
 from budgetssl.engine import signals
 from budgetssl.engine.checkpoint import check_same_config, read_checkpoint
 from budgetssl.engine.signals import EXIT_INTERRUPTED
-from budgetssl.errors import ConfigError
+from budgetssl.errors import BudgetSSLError, ConfigError
+from budgetssl.stages import ladder as ladder_stage
 from conftest import TINY, run_config, run_in_process, small, summary
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -115,7 +116,7 @@ def test_the_ladder_spends_its_trunk_once_against_every_rung_in_full(ladder):
     assert trunk["train_flops"] == spent["trunk_flops"] == 25 * fps
     assert spent["cooldown_flops"] == [r["ladder"]["cooldown_flops"] for r in rungs]
     assert (
-        spent["total_flops"] == spent["trunk_flops"] + sum(spent["cooldown_flops"]) == (25 + 1 + 3 + 6) * fps
+        spent["ladder_flops"] == spent["trunk_flops"] + sum(spent["cooldown_flops"]) == (25 + 1 + 3 + 6) * fps
     )
     assert spent["separate_runs_flops"] == sum(r["train_flops"] for r in rungs) == (7 + 15 + 31) * fps
     assert spent["rung_folders"] == [f"rungs/{name}" for name in RUNGS]
@@ -213,7 +214,11 @@ def test_a_ladder_stopped_mid_branch_resumes_to_the_same_weights(ladder, tmp_pat
     assert run_in_process("budgetssl-pretrain", *LADDER, folder=folder) == EXIT_INTERRUPTED
     record = summary(folder)
     assert record["status"] == "interrupted" and record["interrupted_at_step"] == BRANCH["6.4e10"] + 2
-    assert not (rung(folder, "6.4e10") / "summary.json").exists()
+    # The rung stopped says so in its own folder, as any run does (stages/outcome.py), with where it resumes.
+    stopped = summary(rung(folder, "6.4e10"))
+    assert stopped["status"] == "interrupted" and stopped["signal"] == "SIGUSR1"
+    assert stopped["interrupted_at_step"] == BRANCH["6.4e10"] + 2 and stopped["budget_flops"] == 6.4e10
+    assert stopped["checkpoint"].startswith("checkpoints/step_")
     done = {name: (rung(folder, name) / "summary.json").read_bytes() for name in RUNGS[:2]}
     monkeypatch.undo()
     assert run_in_process("budgetssl-pretrain", *LADDER, folder=folder) == 0
@@ -227,6 +232,29 @@ def test_a_ladder_stopped_mid_branch_resumes_to_the_same_weights(ladder, tmp_pat
         a, b = weights(rung(folder, name)), weights(rung(ladder, name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert summary(folder)["ladder"] == summary(ladder)["ladder"]
+
+
+def test_a_rung_that_fails_leaves_a_failed_record_of_its_own_and_the_ladder_fails(tmp_path, monkeypatch):
+    """A rung whose record cannot be made (here: its weights cannot be written, as on a full disk) fails in
+    its own folder with the error, as any run would, and the ladder's record fails with it; the rung before
+    it stays completed, and no later rung starts."""
+    real = ladder_stage.pretrained
+
+    def failing(run, folder, *args, **kwargs):
+        if folder.name == RUNGS[1]:
+            raise BudgetSSLError(f"no space left on the device to write {folder / 'backbone.safetensors'}")
+        return real(run, folder, *args, **kwargs)
+
+    monkeypatch.setattr(ladder_stage, "pretrained", failing)
+    folder = tmp_path / "run"
+    assert run_in_process("budgetssl-pretrain", *LADDER, folder=folder) == 2
+    failed = summary(rung(folder, RUNGS[1]))
+    assert failed["status"] == "failed" and failed["error_type"] == "BudgetSSLError"
+    assert "no space left" in failed["error"] and failed["budget_flops"] == 3.2e10
+    assert failed["wall_seconds"] > 0 and failed["finished_at"]
+    assert summary(rung(folder, RUNGS[0]))["status"] == "completed"
+    assert not (rung(folder, RUNGS[2]) / "summary.json").exists()
+    assert summary(folder)["status"] == "failed" and "no space left" in summary(folder)["error"]
 
 
 # --- config ---------------------------------------------------------------------------------------

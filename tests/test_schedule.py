@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from budgetssl.engine.ladder import LadderPlan
 from budgetssl.engine.recipe import Recipe
-from budgetssl.engine.schedule import WSD, Clock, Timeline, branch_step
+from budgetssl.engine.schedule import WSD, Clock, Timeline
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.errors import BudgetError
 from budgetssl.meter.budget import FlopBudget, Plan
+from budgetssl.meter.ladder import Ladder, LadderPlan, branch_step
 from budgetssl.methods.ema import EmaTeacher, planned_base_momentum
 from budgetssl.stages.pretrain import build, loop_settings
 from conftest import TINY, run_config, small
@@ -253,9 +253,10 @@ def test_a_ladder_of_1_2_4_8_16_with_a_fifth_cooling_down_spends_19_units_agains
     assert [r.budget for r in ladder.rungs] == [1e3, 2e3, 4e3, 8e3, 16e3]
     assert ladder.trunk_steps == ladder.trunk_flops == 12_800
     assert ladder.cooldown_flops() == [200, 400, 800, 1600, 3200]
-    assert (ladder.total_flops, ladder.separate_runs_flops) == (19_000, 31_000)
-    record = ladder.rung_record(2, "../..")
-    assert record == {
+    assert (ladder.ladder_flops, ladder.separate_runs_flops) == (19_000, 31_000)
+    section = ladder.rung_section(2, "../..")
+    assert Ladder.from_dict(section.to_dict()) == section
+    assert section.to_dict() == {
         "role": "rung",
         "trunk": "../..",
         "rungs": [1e3, 2e3, 4e3, 8e3, 16e3],
@@ -265,6 +266,11 @@ def test_a_ladder_of_1_2_4_8_16_with_a_fifth_cooling_down_spends_19_units_agains
         "cooldown_steps": 800,
         "cooldown_flops": 800,
     }
+    trunk = ladder.trunk_section(["rungs/1e3"])
+    assert trunk.ladder_flops == 19_000 and trunk.trunk_steps == 12_800
+    # A record written before `ladder_flops` called it `total_flops` (inside `ladder`): read as the same.
+    older = {k: v for k, v in trunk.to_dict().items() if k != "ladder_flops"}
+    assert Ladder.from_dict({**older, "total_flops": 19_000}) == trunk
     # Steps are whole: at 3 FLOPs a step a rung of 1000 has 333 steps, 266 of them on the trunk.
     assert (branch_step(1000, 0.2, 3), LadderPlan.make([1000], 0.2, 3).rungs[0].steps) == (266, 333)
 

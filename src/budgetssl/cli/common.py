@@ -25,9 +25,10 @@ from budgetssl.plugins import check_config
 from budgetssl.record.identity import identity_of
 from budgetssl.record.lock import EXIT_BUSY, FolderBusy
 from budgetssl.record.lock import hold as hold_folder
-from budgetssl.record.sections import Outcome, Record
-from budgetssl.record.summary import SUMMARY, completed_record, environment, now, write_summary
+from budgetssl.record.sections import Record
+from budgetssl.record.summary import SUMMARY, completed_record, write_summary
 from budgetssl.record.wandb_log import summarize, wandb_run
+from budgetssl.stages.outcome import ended, finished, started
 
 Stage = Callable[[RunConfig, Path], Record]
 
@@ -48,7 +49,7 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
     holds returns EXIT_BUSY (73), nothing written.
     """
     start = time.perf_counter()
-    outcome = Outcome(command=command, status="running", started_at=now())
+    outcome = started(command)
     record = Record(identity=identity_of(cfg), outcome=outcome)
     code = 0
     distributed.adopt_submitit_environment()
@@ -63,33 +64,29 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
             logger = run.logger.wandb if main else replace(run.logger.wandb, mode="disabled")
             with wandb_run(logger, folder, folder.name, run.to_dict()) as wandb:
                 record = stage(run, folder)
-                record.outcome, outcome.status = outcome, "completed"
+                record.outcome = ended(outcome, None)
                 summarize(wandb, record)
         except FolderBusy as e:
             print(f"{command}: {e}", file=sys.stderr)
             return EXIT_BUSY
         except signals.Interrupted as e:
-            outcome.status, outcome.error, outcome.error_type = "interrupted", str(e), "Interrupted"
-            outcome.signal, outcome.interrupted_at_step = e.signal_name, e.step
-            outcome.checkpoint = _relative(e.checkpoint, folder)
+            ended(outcome, e, _relative(e.checkpoint, folder))
             print(f"{command}: {e}", file=sys.stderr)
             code = signals.EXIT_INTERRUPTED
         except BudgetSSLError as e:
-            outcome.status, outcome.error, outcome.error_type = "failed", str(e), type(e).__name__
-            outcome.failed_step = getattr(e, "step", None)
+            ended(outcome, e)
             print(f"{command}: error: {e}", file=sys.stderr)
             code = 2
         except BaseException as e:
-            outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
-            outcome.error_type = type(e).__name__
+            ended(outcome, e)
             if main:
-                write_summary(folder, _finish(record, start))
+                write_summary(folder, finished(record, start))
             raise
         finally:
             distributed.stop()
         if main:
             try:
-                path = write_summary(folder, _finish(record, start))
+                path = write_summary(folder, finished(record, start))
             except BudgetSSLError as e:  # e.g. the disk filled up: say which, without a traceback
                 print(f"{command}: error: the record was not written: {e}", file=sys.stderr)
                 code = code or 2
@@ -125,13 +122,6 @@ def _shared_folder(folder: Path, world: distributed.World) -> Path:
             except OSError:
                 break
     return shared
-
-
-def _finish(record: Record, start: float) -> Record:
-    outcome = record.outcome
-    outcome.wall_seconds, outcome.finished_at = time.perf_counter() - start, now()
-    outcome.environment = environment()
-    return record
 
 
 def hydra_command(stage: Stage, command: str) -> Callable[[], None]:

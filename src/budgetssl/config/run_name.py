@@ -40,6 +40,11 @@ def _plain(value: Any) -> Any:
     )
 
 
+def spell_budget(flops: float, digits: int = 3) -> str:
+    """A budget as folder names spell it: 1e12, 2.5e11 (`digits` significant digits, no `e+0`)."""
+    return f"{flops:.{digits}g}".replace("e+0", "e").replace("e+", "e")
+
+
 def run_name(_root_: DictConfig) -> str:
     job = {k: _plain(_root_[k]) for k in _root_ if k != "hydra"}
     budget = job.get("budget", {}).get("flops")
@@ -49,9 +54,7 @@ def run_name(_root_: DictConfig) -> str:
         str(job.get("method", {}).get("name")),
         str(job.get("backbone", {}).get("name")),
         str(job.get("dataset", {}).get("name")),
-        f"{budget:.3g}".replace("e+0", "e").replace("e+", "e")
-        if isinstance(budget, (int, float))
-        else str(budget),
+        spell_budget(budget) if isinstance(budget, (int, float)) else str(budget),
         config_hash(job, command),
     ]
     return "_".join(parts)

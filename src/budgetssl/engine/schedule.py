@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
-from budgetssl.meter.budget import Plan
+from budgetssl.meter.budget import Plan, steps_within
+from budgetssl.meter.ladder import branch_step
 
 COSINE, WSD = "cosine", "wsd"
 
@@ -80,18 +80,6 @@ def step_fraction(step: int, planned_steps: int) -> float:
     if planned_steps <= 1:
         return 1.0 if step > 0 else 0.0
     return min(step / (planned_steps - 1), 1.0)
-
-
-def steps_within(flops: float | Fraction, flops_per_step: int) -> int:
-    """Whole steps of `flops_per_step` that `flops` pays for (exact: no float rounding)."""
-    return math.floor(Fraction(flops) / flops_per_step)
-
-
-def branch_step(budget: float, cooldown_fraction: float, flops_per_step: int) -> int:
-    """The steps a wsd run of `budget` trains at its peak lr before its cool-down (a ladder's rung: the
-    trunk's step it branches from): floor(budget x (1 - cooldown_fraction) / flops_per_step), exact,
-    with the fraction as written (0.2 is 1/5, not the binary float just above it)."""
-    return steps_within(Fraction(budget) * (1 - Fraction(repr(float(cooldown_fraction)))), flops_per_step)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,14 @@ def snapshot(
     }
 
 
+def branched(saved: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """The checkpoint `saved` as the first of another run that trains on from it under `plan` (a ladder's
+    rung from its trunk at the rung's branch point): the same state at the same step, the new plan; the
+    new run's `Checkpoints.save` writes it with that run's config."""
+    state = {k: v for k, v in saved.items() if k not in ("format", "config")}
+    return {**state, "plan": asdict(plan)}
+
+
 def restore(
     saved: dict[str, Any], trainer: Trainer, meter: StepMeter, batches: Any, world: World
 ) -> RunState:

@@ -14,6 +14,11 @@ from typing import Protocol
 from budgetssl.errors import BudgetError
 
 
+def steps_within(flops: float | Fraction, flops_per_step: int) -> int:
+    """Whole steps of `flops_per_step` that `flops` pays for (exact: no float rounding)."""
+    return floor(Fraction(flops) / flops_per_step)
+
+
 @dataclass(frozen=True)
 class Plan:
     """`steps` steps of `flops_per_step` each; training stops before spending more than `budget_flops`."""
@@ -41,7 +46,7 @@ class FlopBudget:
     def plan(self, flops_per_step: int) -> Plan:
         if flops_per_step <= 0:
             raise BudgetError(f"a training step measured {flops_per_step} FLOPs; nothing to meter")
-        steps = floor(Fraction(self.flops) / flops_per_step)
+        steps = steps_within(self.flops, flops_per_step)
         if steps < 1:
             raise BudgetError(
                 f"{self.option}={self.flops:.4g} is smaller than one training step "

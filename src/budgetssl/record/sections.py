@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from budgetssl.meter.ladder import Ladder
+
 FLOPS = "FLOPs (fma=2)"
 SECONDS = "seconds (wall clock)"
 KWH = "kWh"
@@ -93,12 +95,16 @@ class Pretraining:
     # The pretraining data's classes (0: unlabelled): a classifier's width, which budgetssl-verify needs to
     # rebuild the step where the dataset itself is not at hand.
     data_classes: int | None = _f("classes")
-    ladder: dict[str, Any] | None = _f()  # a budget ladder's trunk or rung: role, rungs, FLOPs shared
+    ladder: Ladder | None = _f()  # a ladder's trunk or rung (meter/ladder.py: role, rungs, FLOPs shared)
     precision: str | None = _f()  # fp32 | bf16 | fp16: the autocast dtype the steps ran in
     tf32: bool | None = _f()  # fp32 matmuls and convolutions on TF32 tensor cores (CUDA, Ampere and later)
     compiled: bool | None = _f()  # train.compile: steps after the metered first ran under torch.compile
     optimizer_impl: str | None = _f()  # fused | foreach | for-loop: the optimizer's kernels
     channels_last: bool | None = _f()  # images and convolution weights channels-last (CUDA, conv tasks)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ladder, dict):  # as summary.json holds it
+            self.ladder = Ladder.from_dict(self.ladder)
 
 
 @dataclass
@@ -311,6 +317,8 @@ class Record:
                     found = getattr(section, head)
                     break
         for part in rest:
+            if isinstance(found, Ladder):
+                found = found.to_dict()
             found = found.get(part) if isinstance(found, dict) else None
         return found
 
@@ -322,7 +330,7 @@ class Record:
         """The flat summary.json object: every field of every present section, derived totals, extras."""
         out: dict[str, Any] = {}
         for section in self.sections():
-            out.update({f.name: getattr(section, f.name) for f in fields(section)})
+            out.update({f.name: _plain(getattr(section, f.name)) for f in fields(section)})
         if self.transfer is not None:
             out["total_flops"] = self.total_flops
         return {**out, **{k: v for k, v in self.extra.items() if k not in out and k not in DERIVED}}
@@ -348,6 +356,11 @@ class Record:
         for name, section in sections.items():
             setattr(self, name, section)
         return self
+
+
+def _plain(value: Any) -> Any:
+    """A field's JSON value (a nested section as its object)."""
+    return value.to_dict() if isinstance(value, Ladder) else value
 
 
 def units() -> dict[str, str]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +35,22 @@ from omegaconf import OmegaConf
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.check import RunConfig
+from budgetssl.config.run_name import spell_budget
 from budgetssl.engine import distributed
-from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
-from budgetssl.engine.checkpoint import Checkpoints, checkpoint_name, write_atomically
-from budgetssl.engine.ladder import LadderPlan
+from budgetssl.engine.checkpoint import Checkpoints
 from budgetssl.engine.loop import LoopResult, train
-from budgetssl.engine.schedule import branch_step
+from budgetssl.engine.state import branched
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.energy import EnergyReading, EnergyTracker
+from budgetssl.meter.ladder import LadderPlan, branch_step
 from budgetssl.record.files import atomic_write
+from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.record.sections import Outcome, Record
-from budgetssl.record.summary import completed_record, environment, now, write_summary
+from budgetssl.record.sections import Record
+from budgetssl.record.summary import completed_record, write_summary
 from budgetssl.record.wandb_log import summarize, wandb_run
+from budgetssl.stages.outcome import ended, finished, started
 from budgetssl.stages.pretrain import (
     build,
     energy_tracked,
@@ -68,7 +70,7 @@ def rung_names(budgets: list[float]) -> list[str]:
     """Folder names for the (sorted) rungs: each budget as a run folder names it (2.5e11), with as
     many digits as tell the rungs apart."""
     for digits in range(3, 18):
-        names = [f"{b:.{digits}g}".replace("e+0", "e").replace("e+", "e") for b in budgets]
+        names = [spell_budget(b, digits) for b in budgets]
         if len(set(names)) == len(names):
             return names
     return [repr(b) for b in budgets]
@@ -132,15 +134,37 @@ class Trunk:
 
     def rung(self, i: int, command: str, then: Then | None) -> None:
         """Rung `i`: skipped if completed; else its branch (started from the trunk at its branch point
-        unless it has checkpoints of its own), its record (and `then`'s sections) in its folder."""
-        world, budget = self.world, self.budgets[i]
-        start, started = time.perf_counter(), now()
+        unless it has checkpoints of its own), its record (and `then`'s sections) in its folder. A rung
+        that fails or is interrupted leaves its own record saying so (stages/outcome.py, as any run's),
+        and the ladder stops there."""
+        world = self.world
+        start, outcome = time.perf_counter(), started(command)
         run, folder = rung_config(self.run, self.budgets, i), self.folder / RUNGS / self.names[i]
         checkpoints = pretrain_checkpoints(run, folder)
-        done, branched = world.broadcast((completed_record(folder) is not None, bool(checkpoints.existing())))
+        done, branched_already = world.broadcast(
+            (completed_record(folder) is not None, bool(checkpoints.existing()))
+        )
         if done:
             return
-        if not branched:
+        try:
+            record = self.branch(i, run, folder, checkpoints, branched_already, then)
+        except BaseException as e:
+            if world.is_main:
+                failed = Record(identity=identity_of(run), outcome=ended(outcome, e, _inside(e, folder)))
+                write_summary(folder, finished(failed, start))
+            raise
+        if world.is_main:
+            record.outcome = ended(outcome, None)
+            write_summary(folder, finished(record, start))
+        world.barrier()  # every rank sees the rung completed
+
+    def branch(
+        self, i: int, run: RunConfig, folder: Path, checkpoints: Checkpoints, resumed: bool, then: Then | None
+    ) -> Record:
+        """Rung `i`'s branch trained to its budget (from the trunk at its branch point unless `resumed`
+        from its own checkpoints) and its record, without its outcome."""
+        world, budget = self.world, self.budgets[i]
+        if not resumed:
             trunk = self.to(budget)
             branch_at = self.plan(trunk).rungs[i].branch_step
             if trunk.steps != branch_at:
@@ -150,7 +174,7 @@ class Trunk:
                     f"remove {self.folder} to train the ladder again"
                 )
             if world.is_main:
-                handoff(self.checkpoints, run, folder, self.folder / METRICS, branch_at)
+                handoff(self.checkpoints, checkpoints, run, folder, self.folder / METRICS, branch_at)
             world.barrier()  # the rung's first checkpoint is on disk before any rank reads it
         logger = run.logger.wandb if world.is_main else replace(run.logger.wandb, mode="disabled")
         with wandb_run(logger, folder, f"{self.folder.name}/{RUNGS}/{self.names[i]}", run.to_dict()) as wandb:
@@ -173,7 +197,7 @@ class Trunk:
                 self.batches,
                 result,
                 energy.reading,
-                ladder=self.plan(result).rung_record(i, TRUNK),
+                ladder=self.plan(result).rung_section(i, TRUNK),
                 keep_method=True,  # the trunk trains on
                 monitor=self.monitor,
             )
@@ -183,17 +207,7 @@ class Trunk:
             if then is not None:
                 record.merge(**then(run, folder, backbone))
             summarize(wandb, record)
-        if world.is_main:
-            record.outcome = Outcome(
-                command=command,
-                status="completed",
-                started_at=started,
-                finished_at=now(),
-                wall_seconds=time.perf_counter() - start,
-                environment=environment(),
-            )
-            write_summary(folder, record)
-        world.barrier()  # every rank sees the rung completed
+        return record
 
     def record(self) -> Record:
         """The trunk's record: at its end (trained there already, unless every rung was done before)."""
@@ -204,24 +218,24 @@ class Trunk:
             self.method,
             self.batches,
             trunk,
-            summed(self.readings),
-            ladder=self.plan(trunk).trunk_record([f"{RUNGS}/{name}" for name in self.names]),
+            trunk_energy(self.readings),
+            ladder=self.plan(trunk).trunk_section([f"{RUNGS}/{name}" for name in self.names]),
             weights=False,
             monitor=self.monitor,
         )
         return record
 
 
-def handoff(trunk: Checkpoints, run: RunConfig, folder: Path, trunk_metrics: Path, step: int) -> None:
-    """Start rung `run` in `folder` from the trunk's checkpoint at `step`: the same state with the
-    rung's plan and config as its first checkpoint, the trunk's metrics rows to `step` as its first
-    rows, and its config beside them."""
+def handoff(
+    trunk: Checkpoints, rung: Checkpoints, run: RunConfig, folder: Path, trunk_metrics: Path, step: int
+) -> None:
+    """Start rung `run` in `folder` from the trunk's checkpoint at `step`: the same state under the
+    rung's plan as its first checkpoint (engine/state.py `branched`, saved with the rung's config), the
+    trunk's metrics rows to `step` as its first rows, and its config beside them."""
     found = trunk.latest()
     if found is None or int(found[1]["step"]) != step:
         raise BudgetSSLError(f"no checkpoint of the trunk at step {step} in {trunk.folder}")
-    state = found[1]
-    flops_per_step = int(state["plan"]["flops_per_step"])
-    plan = FlopBudget(run.budget.flops).plan(flops_per_step)
+    flops_per_step = int(found[1]["plan"]["flops_per_step"])
     config = run.to_dict()
     atomic_write(folder / CONFIG, lambda tmp: tmp.write_text(OmegaConf.to_yaml(config)))
     rows = []
@@ -234,11 +248,22 @@ def handoff(trunk: Checkpoints, run: RunConfig, folder: Path, trunk_metrics: Pat
             if row.get("stage") == "pretrain" and int(row.get("step", 0)) <= step:
                 rows.append(line + "\n")
     atomic_write(folder / METRICS, lambda tmp: tmp.write_text("".join(rows)))
-    state = {**state, "plan": asdict(plan), "config": config}
-    write_atomically(folder / CHECKPOINTS / checkpoint_name(step), state)
+    rung.save(branched(found[1], FlopBudget(run.budget.flops).plan(flops_per_step)))
+    rung.wait()
 
 
-def summed(readings: list[EnergyReading]) -> EnergyReading:
+def _inside(error: BaseException, folder: Path) -> str | None:
+    """An interruption's checkpoint as a path inside the rung's folder (None for other errors)."""
+    path = getattr(error, "checkpoint", None)
+    if path is None:
+        return None
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
+def trunk_energy(readings: list[EnergyReading]) -> EnergyReading:
     """The trunk's energy over its stretches (between the branches)."""
     if not readings:
         return EnergyReading(None, None, "disabled", "nothing trained")

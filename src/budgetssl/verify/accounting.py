@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from budgetssl.meter.ladder import Ladder
 from budgetssl.record.sections import Record
 from budgetssl.record.summary import SUMMARY
 from budgetssl.verify.folder import RunFolder
@@ -275,20 +276,20 @@ def check_ladder(folder: RunFolder) -> Check:
     cost. A trunk's own record: `trunk_ladder`."""
     record = folder.record
     ladder = record.value("ladder")
-    if not isinstance(ladder, dict):
+    if not isinstance(ladder, Ladder):
         return skip("ladder", "not a ladder rung")
-    if ladder.get("role") == "trunk":
+    if ladder.role == "trunk":
         return trunk_ladder(record, ladder)
-    if ladder.get("role") != "rung":
-        return fail("ladder", "role rung or trunk", f"role {ladder.get('role')}")
+    if ladder.role != "rung":
+        return fail("ladder", "role rung or trunk", f"role {ladder.role}")
     want = ["branch_step", "cooldown_steps", "shared_flops", "cooldown_flops"]
-    absent = [k for k in want if not isinstance(ladder.get(k), int)] + _missing(
+    absent = [k for k in want if not isinstance(getattr(ladder, k), int)] + _missing(
         record, ["steps", "flops_per_step", "train_flops", "budget_flops"]
     )
     if absent:
         return fail("ladder", "a rung's ladder fields and cost", f"no {', '.join(absent)}")
-    branch, cool = ladder["branch_step"], ladder["cooldown_steps"]
-    shared, cooled = ladder["shared_flops"], ladder["cooldown_flops"]
+    branch, cool = int(ladder.branch_step), int(ladder.cooldown_steps)  # type: ignore[arg-type]
+    shared, cooled = ladder.shared_flops, ladder.cooldown_flops
     steps, per_step = int(record.value("steps")), int(record.value("flops_per_step"))
     spent, budget = int(record.value("train_flops")), Fraction(record.value("budget_flops"))
     comparisons = [
@@ -310,7 +311,7 @@ def check_ladder(folder: RunFolder) -> Check:
         ),
         (spent <= budget, f"train_flops {spent} <= budget_flops {float(budget):.6g}", "above it"),
     ]
-    trunk, where = _trunk_record(folder, ladder.get("trunk"))
+    trunk, where = _trunk_record(folder, ladder.trunk)
     if trunk is None:
         comparisons.append((False, "the trunk's record", where))
     else:
@@ -336,29 +337,29 @@ def check_ladder(folder: RunFolder) -> Check:
     )
 
 
-def trunk_ladder(record: Record, ladder: dict[str, Any]) -> Check:
-    """A ladder's trunk: trunk_steps and trunk_flops are its record's steps and train_flops, and the
-    ladder's total is the trunk plus every rung's cool-down."""
-    cooldowns = ladder.get("cooldown_flops")
+def trunk_ladder(record: Record, ladder: Ladder) -> Check:
+    """A ladder's trunk: trunk_steps and trunk_flops are its record's steps and train_flops, and what the
+    ladder spent (ladder_flops) is the trunk plus every rung's cool-down."""
+    cooldowns = ladder.cooldown_flops
     steps, spent = record.value("steps"), record.value("train_flops")
-    total = ladder.get("total_flops")
+    total = ladder.ladder_flops
     summed = spent + sum(cooldowns) if isinstance(spent, int) and isinstance(cooldowns, list) else None
     return first_failure(
         "ladder",
         [
             (
-                ladder.get("trunk_steps") == steps,
+                ladder.trunk_steps == steps,
                 f"trunk_steps = steps = {steps}",
-                f"{ladder.get('trunk_steps')}",
+                f"{ladder.trunk_steps}",
             ),
             (
-                ladder.get("trunk_flops") == spent,
+                ladder.trunk_flops == spent,
                 f"trunk_flops = train_flops = {spent}",
-                f"{ladder.get('trunk_flops')}",
+                f"{ladder.trunk_flops}",
             ),
             (
                 summed is not None and total == summed,
-                f"total_flops = trunk + cool-downs = {summed}",
+                f"ladder_flops = trunk + cool-downs = {summed}",
                 f"{total}",
             ),
         ],

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from budgetssl.config.run_name import RESOLVER, job_name, register, run_name
+from budgetssl.meter.ladder import Ladder
 from budgetssl.record.identity import identity_of
 from budgetssl.verify.folder import NotARunFolder, RunFolder, open_run
 from budgetssl.verify.result import Check, fail, first_failure, ok, skip
@@ -59,8 +60,8 @@ def launched_name(folder: RunFolder) -> str | None:
 
 def check_config_hash(folder: RunFolder) -> Check:
     ladder = folder.record.value("ladder")
-    if isinstance(ladder, dict) and ladder.get("role") == "rung" and isinstance(ladder.get("trunk"), str):
-        return rung_hash(folder, ladder["trunk"])
+    if isinstance(ladder, Ladder) and ladder.role == "rung" and isinstance(ladder.trunk, str):
+        return rung_hash(folder, ladder.trunk)
     name = folder.path.name
     try:
         expected = expected_name(folder)
