@@ -12,9 +12,9 @@ from typing import Any
 
 from budgetssl.config.check import RunConfig
 from budgetssl.engine.trainer import Trainer, to_device
-from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, PassCounter
+from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, PassCounter, flops_per_image
 from budgetssl.record.identity import identity_of
-from budgetssl.stages.pretrain import build, flops_per_image, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 
 
 def count(run: RunConfig) -> dict[str, Any]:
