@@ -20,7 +20,7 @@ from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.engine.rng import rank_seed, seed_everything
-from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.settings import loop_settings
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
@@ -34,16 +34,6 @@ from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Energy, Identity, Monitors, Pretraining, Provenance, Record, split
 from budgetssl.record.weights import WEIGHTS, file_sha256, save_backbone
-
-
-def loop_settings(run: RunConfig) -> LoopSettings:
-    """The method's recipe, its schedule and how the loop runs, from `train:`; with a ladder, warm-ups
-    span its smallest rung (engine/schedule.py)."""
-    settings = LoopSettings.from_train(run.train)
-    if run.budget.ladder:
-        timeline = replace(settings.timeline, reference_flops=min(run.budget.ladder))
-        settings = replace(settings, timeline=timeline)
-    return settings
 
 
 def pretrain_checkpoints(run: RunConfig, folder: Path) -> Checkpoints:

@@ -66,11 +66,11 @@ def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
     prices the step without planning `budget.flops` (which may be smaller than one step)."""
     from budgetssl.backbones.backbone import build_backbone, without_drop_path
     from budgetssl.engine.metering import first_step
+    from budgetssl.engine.settings import loop_settings
     from budgetssl.engine.trainer import Trainer
     from budgetssl.meter.budget import FlopBudget, StepBudget
     from budgetssl.meter.step_meter import StepMeter
     from budgetssl.methods.base import build_method
-    from budgetssl.stages.pretrain import loop_settings
 
     start = time.perf_counter()
     size = run.dataset.image_size
