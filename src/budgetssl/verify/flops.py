@@ -1,4 +1,5 @@
-"""flops_per_step re-derived from the run folder's saved config, at full size, without paying for a step.
+"""flops_per_step re-derived from the run folder's saved config, at full size, without paying for a step;
+the same count, before a run, is what budgetssl-flops prints (`count`).
 
 The method and its backbone are built on torch's meta device (meter/meta.py: shapes without storage), the
 batch is meta tensors of the shapes the method's own views make of a stand-in sample, at the configured
@@ -16,17 +17,21 @@ embeddings, so each rank's logits are its rows of the global matrix).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from math import floor
 from typing import Any
 
 import torch
 
 from budgetssl.config.check import RunConfig
+from budgetssl.data.base import build_dataset
 from budgetssl.data.info import DataInfo
 from budgetssl.errors import BudgetSSLError
-from budgetssl.meter.counter import flops_per_image
+from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
 from budgetssl.meter.meta import build_on_meta, stand_in_batch
-from budgetssl.record.sections import Record
+from budgetssl.record.identity import identity_of
+from budgetssl.record.sections import Pretraining, Record
 from budgetssl.verify.accounting import pretrained_here
 from budgetssl.verify.folder import RunFolder
 from budgetssl.verify.result import Check, fail, ok, skip
@@ -49,8 +54,6 @@ def data_info(run: RunConfig, record: Record) -> DataInfo:
     data_classes, else (a record written before it) the dataset's own, where it can be read here."""
     classes = record.pretraining.data_classes if record.pretraining is not None else None
     if classes is None:
-        from budgetssl.data.base import build_dataset
-
         try:
             return build_dataset(run.dataset, "train").info
         except (BudgetSSLError, OSError, ValueError) as e:
@@ -96,6 +99,29 @@ def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
         seconds=time.perf_counter() - start,
         params=sum(p.numel() for p in method.backbone.parameters()),
     )
+
+
+def count(run: RunConfig) -> dict[str, Any]:
+    """What budgetssl-flops prints: the step of `run` counted on meta tensors, with the classes of its
+    dataset, without planning its budget (which may be smaller than one step)."""
+    classes = build_dataset(run.dataset, "train").info.num_classes
+    derived = derive(run, Record(pretraining=Pretraining(data_classes=classes)), plan_budget=False)
+    return report(run, derived.flops_per_step, derived.flops_per_image, derived.breakdown, derived.params)
+
+
+def report(run: RunConfig, per_step: int, per_image: int, breakdown: dict, params: int) -> dict[str, Any]:
+    """budgetssl-flops' printed object: the run's identity, the counts and the planned steps."""
+    return {
+        **asdict(identity_of(run)),
+        "flops_per_step": per_step,
+        "flops_per_image": per_image,
+        "step_over_batch_forward": per_step / (run.train.batch_size * per_image),
+        "planned_steps": floor(Fraction(run.budget.flops) / per_step),
+        "convention": CONVENTION,
+        "convention_detail": CONVENTION_DETAIL,
+        "breakdown": breakdown,
+        "params": params,
+    }
 
 
 def passes_differing(recorded: Any, derived: dict[str, dict[str, int]]) -> str:
