@@ -24,12 +24,19 @@ from typing import Any
 
 import torch
 
+from budgetssl.backbones.backbone import build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
 from budgetssl.data.base import build_dataset
 from budgetssl.data.info import DataInfo
+from budgetssl.engine.metering import first_step
+from budgetssl.engine.settings import loop_settings
+from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import BudgetSSLError
+from budgetssl.meter.budget import FlopBudget, StepBudget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
 from budgetssl.meter.meta import build_on_meta, stand_in_batch
+from budgetssl.meter.step_meter import StepMeter
+from budgetssl.methods.base import build_method
 from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Pretraining, Record
 from budgetssl.verify.accounting import pretrained_here
@@ -67,14 +74,6 @@ def data_info(run: RunConfig, record: Record) -> DataInfo:
 def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
     """The pretraining step of `run` counted on meta tensors (module docstring); `plan_budget=False`
     prices the step without planning `budget.flops` (which may be smaller than one step)."""
-    from budgetssl.backbones.backbone import build_backbone, without_drop_path
-    from budgetssl.engine.metering import first_step
-    from budgetssl.engine.settings import loop_settings
-    from budgetssl.engine.trainer import Trainer
-    from budgetssl.meter.budget import FlopBudget, StepBudget
-    from budgetssl.meter.step_meter import StepMeter
-    from budgetssl.methods.base import build_method
-
     start = time.perf_counter()
     size = run.dataset.image_size
     info = data_info(run, record)
