@@ -4,8 +4,9 @@ usage: python benchmarks/method_flops.py [--cpu] [OVERRIDE ...]
 e.g.   python benchmarks/method_flops.py backbone=vit_base dataset.image_size=224 train.batch_size=2
        python benchmarks/method_flops.py --cpu   (the demo's method configs, configs/method/cpu/)
 
-Without --cpu every method runs with its config's reference sizes. One real step of each method runs
-under the meter (on CPU this takes a few seconds per method even for ViT-B).
+Without --cpu every method runs with its config's reference sizes. Each method's step is counted on meta
+tensors, as budgetssl-flops counts it (verify/flops.py count; tests/test_verify.py checks that it equals a
+real step's count), so no size needs the memory or the time of a real step.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 
 from budgetssl.config.compose import compose_config
 from budgetssl.plugins import check_config
-from budgetssl.stages.flops import measure
+from budgetssl.verify.flops import count
 
 METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
 
@@ -30,10 +31,10 @@ def main() -> None:
     rows = []
     for name in methods:
         method = f"method={'cpu/' if args.cpu else ''}{name}"
-        result = measure(check_config(compose_config([*overrides, "energy.track=false", method])))
+        result = count(check_config(compose_config([*overrides, "energy.track=false", method])))
         parts = {k: v for k, v in result["breakdown"]["forward"].items() if k != "total"}
         rows.append({"method": name, "flops_per_step": result["flops_per_step"], "forward_parts": parts})
-        print(f"measured {name}", flush=True)
+        print(f"counted {name}", flush=True)
     base = next((r["flops_per_step"] for r in rows if r["method"] == "supervised"), None)
     print(f"\n{'method':<11} {'GFLOPs/step':>12} {'x supervised':>13}  forward by part (GFLOPs)")
     for r in rows:

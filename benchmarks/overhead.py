@@ -45,10 +45,10 @@ from budgetssl.engine.recipe import clip_per_parameter
 from budgetssl.engine.task import StepOutput, Task
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.meter.budget import StepBudget
-from budgetssl.meter.counter import PassCounter
+from budgetssl.meter.counter import PassCounter, flops_per_image
 from budgetssl.plugins import check_config
 from budgetssl.record.metrics import MetricsLog
-from budgetssl.stages.pretrain import build, flops_per_image, loop_settings
+from budgetssl.stages.pretrain import build, loop_settings
 
 METHODS = ("supervised", "clip", "mae", "dino", "byol", "simclr")
 DEMO = ["dataset.image_size=16", "train.progress=false", "energy.track=false", "logger.wandb.mode=disabled"]

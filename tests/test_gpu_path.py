@@ -25,10 +25,10 @@ from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer, channels_last, optimizer_impl, slides_convolutions, to_device
 from budgetssl.meter.attention import attention_rules
 from budgetssl.meter.counter import PassCounter
-from budgetssl.stages.flops import measure
 from budgetssl.stages.pretrain import build
 from budgetssl.transfer.heads import Segmenter
 from conftest import METHOD_NAMES, TINY, TINY_BUDGET, run_config, run_in_process, small, summary
+from real_step import measure
 
 CUDA = torch.device("cuda")  # a device object needs no GPU
 aten = torch.ops.aten

@@ -23,14 +23,14 @@ from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Outcome, Pretraining, Provenance, Record
 from budgetssl.record.summary import write_summary
 from budgetssl.record.weights import PROVENANCE, WEIGHTS, file_sha256
-from budgetssl.stages.flops import count, measure
 from budgetssl.verify.accounting import check_ladder
 from budgetssl.verify.checks import verify
 from budgetssl.verify.digest import check_weights
-from budgetssl.verify.flops import derive
+from budgetssl.verify.flops import count, derive
 from budgetssl.verify.folder import open_run
 from budgetssl.verify.naming import check_config_hash
 from conftest import METHOD_NAMES, TINY, TINY_BUDGET, cli, hydra_folder, run_config, run_in_process, small
+from real_step import measure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,5 @@
 """budgetssl-flops: the FLOPs of one training step of the configured run, as JSON, without training: the
-step counted on meta tensors (stages/flops.py count), equal to a real step's count, in seconds at any size."""
+step counted on meta tensors (verify/flops.py count), equal to a real step's count, in seconds at any size."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: budgetssl-flops [OVERRIDE ...]  (e.g. backbone=vit_base dataset.image_size=224)")
         return
     try:
-        from budgetssl.stages.flops import count
+        from budgetssl.verify.flops import count
 
         result = count(check_config(compose_config(args)))
     except BudgetSSLError as e:

@@ -170,7 +170,7 @@ def train(
                 progress.start(state.plan.steps, state.plan.budget_flops)
                 stop = False  # under torchrun the first vote comes with the next step's price
             else:
-                priced = price(trainer, meter, batch, state.first, signals.requested() is not None)  # type: ignore[arg-type]
+                priced = price(trainer, meter, batch, clock, signals.requested() is not None)
                 cost, stop = priced.cost, priced.stop
                 state.timing.probes += priced.seconds
                 if state.spent + cost.total > state.plan.budget_flops:

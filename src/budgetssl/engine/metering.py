@@ -1,5 +1,5 @@
 """The meter's side of the loop: the first step measured and the budget planned from it; later steps
-priced before they are spent, a new input shape measured on a throwaway copy first.
+priced before they are spent, a new input shape measured first by the same step on a throwaway copy.
 
 Distributed, every rank measures its share and the shares are summed, so the plan and the FLOPs are
 those of the global batch; each function here is a collective that every rank calls together.
@@ -88,37 +88,35 @@ class Price:
 
 
 def price(
-    trainer: Trainer, meter: StepMeter, batch: dict[str, Any], first: StepCost, stop: bool = False
+    trainer: Trainer, meter: StepMeter, batch: dict[str, Any], clock: Clock | float, stop: bool = False
 ) -> Price:
-    """The cost of a step on `batch`: known from its shape, or (on every rank, so the sum is global)
-    measured now on a copy of the task. Under torchrun the one host collective this makes (never a
-    device synchronisation) also carries this rank's vote to `stop`, so every rank learns whether any
-    was asked to stop and stops after the same step."""
+    """The cost of a step on `batch` at `clock`: known from its shape, or (on every rank, so the sum is
+    global) measured now by `probe`. Under torchrun the one host collective this makes (never a device
+    synchronisation) also carries this rank's vote to `stop`, so every rank learns whether any was asked
+    to stop and stops after the same step."""
     cost = meter.known(batch)
     unknown, stop = trainer.world.any_of(cost is None, stop)
     if not unknown:
         assert cost is not None
         return Price(cost, stop)
     start = time.perf_counter()
-    cost = meter.record(batch, probe(trainer, batch, first))
+    cost = meter.record(batch, probe(trainer, batch, clock))
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)  # the probe's own time (a new shape is rare)
     return Price(cost, stop, time.perf_counter() - start)
 
 
-def probe(trainer: Trainer, batch: dict[str, Any], first: StepCost) -> PassCounter:
-    """Forward and backward on a throwaway copy of the task, summed over ranks; the optimizer and
-    after-step passes (already summed over ranks) as the first step measured them."""
-    twin = copy.deepcopy(trainer.task)
+def probe(trainer: Trainer, batch: dict[str, Any], clock: Clock | float) -> PassCounter:
+    """The step the loop runs (Trainer.step at `clock`: the task's hooks, channels-last, every pass),
+    counted, on a throwaway copy of the trainer: the task deep-copied, with an optimizer and a gradient
+    scaler of its own in the same state, so the run's own weights and state are untouched and the count
+    is the real step's at this shape. Summed over ranks (every rank probes together)."""
+    twin = Trainer(copy.deepcopy(trainer.task), trainer.settings, trainer.world)
+    twin.load_state_dict(copy.deepcopy(trainer.state_dict()))
+    twin.channels_last = trainer.channels_last  # the task's copy keeps its memory format
     counter = PassCounter()
-    with counter.count("forward", twin), trainer.precision.autocast():
-        out = twin(batch)
-    with counter.count("backward"):
-        out.loss.backward()
+    twin.step(batch, counter, clock)
     counter.passes = summed(counter.passes, trainer.world)
-    for name in ("optimizer", "after_step"):
-        if name in first.breakdown:
-            counter.passes[name] = dict(first.breakdown[name])
     return counter
 
 

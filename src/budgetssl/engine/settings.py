@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from budgetssl.config.check import RunConfig
 from budgetssl.config.schema import TrainConfig
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import Timeline
@@ -21,7 +22,7 @@ class LoopSettings:
     log_every: int = 10
     progress: bool = True
     # How steps map to clocks: cosine, or wsd with its cool-down and warm-up reference (a ladder's
-    # smallest rung: the pretraining stage sets it, stages/pretrain.py loop_settings).
+    # smallest rung: `loop_settings` sets it).
     timeline: Timeline = Timeline()
 
     @classmethod
@@ -41,3 +42,14 @@ class LoopSettings:
             log_every=t.log_every,
             progress=t.progress,
         )
+
+
+def loop_settings(run: RunConfig) -> LoopSettings:
+    """The pretraining loop's settings: the method's recipe, its schedule and how the loop runs, from
+    `train:`; with a ladder, warm-ups span its smallest rung (engine/schedule.py). The pretraining stage
+    trains with them and the verifier counts its step with them (verify/flops.py)."""
+    settings = LoopSettings.from_train(run.train)
+    if run.budget.ladder:
+        timeline = replace(settings.timeline, reference_flops=min(run.budget.ladder))
+        settings = replace(settings, timeline=timeline)
+    return settings

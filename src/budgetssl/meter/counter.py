@@ -150,3 +150,17 @@ def count_forward_flops(fn: Callable[[], object]) -> int:
     with torch.no_grad(), counting:
         fn()
     return int(counting.total)
+
+
+def flops_per_image(backbone: nn.Module, image_size: int) -> int:
+    """The record's `flops_per_image`: one forward pass of the backbone on one image at the configured
+    resolution, on the backbone's device (the meta device too), in eval mode (a single image must not
+    touch batch-norm statistics; stochastic depth is off)."""
+    device = next(backbone.parameters()).device
+    image = torch.zeros(1, 3, image_size, image_size, device=device)
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return count_forward_flops(lambda: backbone(image))
+    finally:
+        backbone.train(was_training)

@@ -8,8 +8,6 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from budgetssl.backbones.backbone import Backbone, build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
 from budgetssl.config.schema import EnergyConfig
@@ -22,10 +20,10 @@ from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.engine.rng import rank_seed, seed_everything
-from budgetssl.engine.settings import LoopSettings
+from budgetssl.engine.settings import loop_settings
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget
-from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, count_forward_flops
+from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
 from budgetssl.meter.energy import EnergyReading, EnergyTracker, estimate_co2
 from budgetssl.meter.peak import device_peak
 from budgetssl.methods.base import Method, build_method
@@ -36,16 +34,6 @@ from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Energy, Identity, Monitors, Pretraining, Provenance, Record, split
 from budgetssl.record.weights import WEIGHTS, file_sha256, save_backbone
-
-
-def loop_settings(run: RunConfig) -> LoopSettings:
-    """The method's recipe, its schedule and how the loop runs, from `train:`; with a ladder, warm-ups
-    span its smallest rung (engine/schedule.py)."""
-    settings = LoopSettings.from_train(run.train)
-    if run.budget.ladder:
-        timeline = replace(settings.timeline, reference_flops=min(run.budget.ladder))
-        settings = replace(settings, timeline=timeline)
-    return settings
 
 
 def pretrain_checkpoints(run: RunConfig, folder: Path) -> Checkpoints:
@@ -124,18 +112,6 @@ def monitors_record(result: LoopResult, monitor: Monitor | None) -> Monitors | N
         monitor_flops=int(kept.get("flops", 0)),
         collapse=verdict(init, final),
     )
-
-
-def flops_per_image(backbone: Backbone, image_size: int) -> int:
-    """One forward pass of the backbone on one image at the configured resolution."""
-    device = next(backbone.parameters()).device
-    image = torch.zeros(1, 3, image_size, image_size, device=device)
-    was_training = backbone.training
-    backbone.eval()  # a single image must not touch batch-norm statistics
-    try:
-        return count_forward_flops(lambda: backbone(image))
-    finally:
-        backbone.train(was_training)
 
 
 def pretrain(run: RunConfig, folder: Path) -> tuple[Backbone, Record]:

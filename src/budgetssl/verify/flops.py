@@ -1,47 +1,47 @@
-"""flops_per_step re-derived from the run folder's saved config, at full size, without paying for a step.
+"""flops_per_step re-derived from the run folder's saved config, at full size, without paying for a step;
+the same count, before a run, is what budgetssl-flops prints (`count`).
 
-The method and its backbone are built with their parameters (and every buffer of more than one element)
-on torch's meta device: shapes without storage. The batch is meta tensors of the shapes the method's own
-views make of a stand-in sample, at the configured global batch. Then the engine's own metered first step
-runs on them (engine/metering.py first_step: the Trainer's forward, backward, optimizer and after-step
-passes under the meter's counting mode, with the attention rules of meter/attention.py). FLOP rules read
-shapes only, so the count is the real step's, exactly, at any size: tests/test_verify.py compares it with
-real steps of all six methods and with the published ViT-B/L counts at batch 4096, and a ViT-L/16 step at
-224 px and batch 4096 counts in about 2 s on one CPU thread, after the imports.
+The method and its backbone are built on torch's meta device (meter/meta.py: shapes without storage), the
+batch is meta tensors of the shapes the method's own views make of a stand-in sample, at the configured
+global batch. Then the engine's own metered first step runs on them (engine/metering.py first_step: the
+Trainer's forward, backward, optimizer and after-step passes under the meter's counting mode, with the
+attention rules of meter/attention.py). FLOP rules read shapes only, so the count is the real step's,
+exactly, at any size: tests/test_verify.py compares it with real steps of every method and with the
+published ViT-B/L counts at batch 4096.
 
-Scalar buffers (an EMA teacher's momentum, DINO's teacher temperature) stay real, on the CPU: methods read
-them on the host (float(...)), and a 0-d CPU tensor mixes with tensors on any device. The step is counted
-in fp32 on one process at the global batch: the count reads shapes, not dtypes, and under torchrun the
-ranks' shares sum to the global batch's (contrastive losses gather every rank's embeddings, so each rank's
-logits are its rows of the global matrix).
+The step is counted in fp32 on one process at the global batch: the count reads shapes, not dtypes, and
+under torchrun the ranks' shares sum to the global batch's (contrastive losses gather every rank's
+embeddings, so each rank's logits are its rows of the global matrix).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from math import floor
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import default_collate
-from torchvision import tv_tensors
 
+from budgetssl.backbones.backbone import build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
+from budgetssl.data.base import build_dataset
 from budgetssl.data.info import DataInfo
+from budgetssl.engine.metering import first_step
+from budgetssl.engine.settings import loop_settings
+from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import BudgetSSLError
-from budgetssl.record.sections import Record
+from budgetssl.meter.budget import FlopBudget, StepBudget
+from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
+from budgetssl.meter.meta import build_on_meta, stand_in_batch
+from budgetssl.meter.step_meter import StepMeter
+from budgetssl.methods.base import build_method
+from budgetssl.record.identity import identity_of
+from budgetssl.record.sections import Pretraining, Record
 from budgetssl.verify.accounting import pretrained_here
 from budgetssl.verify.folder import RunFolder
 from budgetssl.verify.result import Check, fail, ok, skip
-
-META = torch.device("meta")
-STAND_IN = {
-    "label": 0,
-    "caption": "a photo of a circle and a square",
-}  # the sample's fields besides its image
 
 
 @dataclass(frozen=True)
@@ -56,52 +56,11 @@ class Derived:
     params: int = 0  # the backbone's parameters
 
 
-@contextlib.contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Every parameter registered inside goes to the meta device as it is registered, so that a model's
-    own initialisation (timm's trunc_normal_ and the like) runs on shapes only. Buffers stay where they
-    are made (see `to_meta`). The idea of accelerate's init_empty_weights(include_buffers=False)."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        made = module._parameters.get(name)
-        if made is not None and made.device != META:
-            module._parameters[name] = nn.Parameter(made.to(META), requires_grad=made.requires_grad)
-
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
-
-
-def to_meta(module: nn.Module) -> list[tuple[nn.Module, str, torch.Tensor]]:
-    """Move what is left of `module` to meta (parameters made outside register_parameter, buffers of
-    more than one element); returns the scalar buffers kept real, to put back after `Trainer` moves the
-    task to the meta device."""
-    scalars = []
-    for owner in module.modules():
-        for name, param in owner._parameters.items():
-            if param is not None and param.device != META:
-                owner._parameters[name] = nn.Parameter(param.to(META), requires_grad=param.requires_grad)
-        for name, buffer in owner._buffers.items():
-            if buffer is None:
-                continue
-            if buffer.dim() == 0 and buffer.device != META:
-                scalars.append((owner, name, buffer))
-            elif buffer.device != META:
-                owner._buffers[name] = buffer.to(META)
-    return scalars
-
-
 def data_info(run: RunConfig, record: Record) -> DataInfo:
     """The facts about the data a method's modules depend on (a classifier's width): the record's
     data_classes, else (a record written before it) the dataset's own, where it can be read here."""
     classes = record.pretraining.data_classes if record.pretraining is not None else None
     if classes is None:
-        from budgetssl.data.base import build_dataset
-
         try:
             return build_dataset(run.dataset, "train").info
         except (BudgetSSLError, OSError, ValueError) as e:
@@ -112,62 +71,56 @@ def data_info(run: RunConfig, record: Record) -> DataInfo:
     return DataInfo(image_size=run.dataset.image_size, class_names=tuple(f"class{i}" for i in range(classes)))
 
 
-def stand_in_batch(views: Any, image_size: int, batch_size: int) -> dict[str, Any]:
-    """The batch the method's views make, as meta tensors: one stand-in sample (a blank image at the
-    configured size, a label, a caption) through the views, collated, its batch dimension widened."""
-    sample = {
-        "image": tv_tensors.Image(torch.zeros(3, image_size, image_size, dtype=torch.uint8)),
-        **STAND_IN,
-    }
-    one = default_collate([views(dict(sample))])
-    return {
-        k: torch.empty((batch_size, *v.shape[1:]), dtype=v.dtype, device=META)
-        if isinstance(v, torch.Tensor)
-        else v * batch_size
-        if isinstance(v, list)
-        else v
-        for k, v in one.items()
-    }
-
-
 def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
     """The pretraining step of `run` counted on meta tensors (module docstring); `plan_budget=False`
     prices the step without planning `budget.flops` (which may be smaller than one step)."""
-    from budgetssl.backbones.backbone import build_backbone, without_drop_path
-    from budgetssl.engine.metering import first_step
-    from budgetssl.engine.trainer import Trainer
-    from budgetssl.meter.budget import FlopBudget, StepBudget
-    from budgetssl.meter.counter import count_forward_flops
-    from budgetssl.meter.step_meter import StepMeter
-    from budgetssl.methods.base import build_method
-    from budgetssl.stages.pretrain import loop_settings
-
     start = time.perf_counter()
     size = run.dataset.image_size
     info = data_info(run, record)
-    with parameters_on_meta():
-        backbone = build_backbone(run.backbone, size, drop_path=run.train.drop_path)
-        method = build_method(run.method, backbone, info)
-    scalars = to_meta(method)
+    built = build_on_meta(
+        lambda: build_method(
+            run.method, build_backbone(run.backbone, size, drop_path=run.train.drop_path), info
+        )
+    )
+    method = built.module
     batch = stand_in_batch(method.views(), size, run.train.batch_size)
     settings = replace(loop_settings(run), device="meta", precision="fp32", compile=False)
-    trainer = Trainer(method, settings)  # moves the task to meta, scalars too: put them back
-    for owner, name, buffer in scalars:
-        owner._buffers[name] = buffer
+    trainer = Trainer(method, settings)  # moves the task to meta, its scalar buffers too
+    built.put_back()
     method.train()
     budget = FlopBudget(run.budget.flops) if run.budget.flops and plan_budget else StepBudget(1)
     first = first_step(trainer, StepMeter(), budget, batch, 0.0)
-    image_backbone = without_drop_path(method.backbone).eval()
-    image = torch.empty(1, 3, size, size, device=META)
-    per_image = count_forward_flops(lambda: image_backbone(image))
     return Derived(
         flops_per_step=int(first.cost.total),
         breakdown=first.cost.breakdown,
-        flops_per_image=per_image,
+        flops_per_image=flops_per_image(without_drop_path(method.backbone), size),
         batch={k: tuple(v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)},
         seconds=time.perf_counter() - start,
         params=sum(p.numel() for p in method.backbone.parameters()),
     )
+
+
+def count(run: RunConfig) -> dict[str, Any]:
+    """What budgetssl-flops prints: the step of `run` counted on meta tensors, with the classes of its
+    dataset, without planning its budget (which may be smaller than one step)."""
+    classes = build_dataset(run.dataset, "train").info.num_classes
+    derived = derive(run, Record(pretraining=Pretraining(data_classes=classes)), plan_budget=False)
+    return report(run, derived.flops_per_step, derived.flops_per_image, derived.breakdown, derived.params)
+
+
+def report(run: RunConfig, per_step: int, per_image: int, breakdown: dict, params: int) -> dict[str, Any]:
+    """budgetssl-flops' printed object: the run's identity, the counts and the planned steps."""
+    return {
+        **asdict(identity_of(run)),
+        "flops_per_step": per_step,
+        "flops_per_image": per_image,
+        "step_over_batch_forward": per_step / (run.train.batch_size * per_image),
+        "planned_steps": floor(Fraction(run.budget.flops) / per_step),
+        "convention": CONVENTION,
+        "convention_detail": CONVENTION_DETAIL,
+        "breakdown": breakdown,
+        "params": params,
+    }
 
 
 def passes_differing(recorded: Any, derived: dict[str, dict[str, int]]) -> str:
