@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from budgetssl.config.compose import compose_config
-from budgetssl.engine.checkpoint import Checkpoints, read_checkpoint
+from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.distributed import World
-from budgetssl.engine.state import RunState, snapshot
+from budgetssl.engine.resume import RunState, snapshot
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.counter import PassCounter

@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from budgetssl.backbones.backbone import build_backbone
 from budgetssl.config.compose import compose_config
 from budgetssl.data.base import build_dataset
-from budgetssl.engine.checkpoint import read_checkpoint
+from budgetssl.engine.checkpoint_files import read_checkpoint
 from budgetssl.engine.rng import seed_everything
 from budgetssl.methods.augment import to_normalized
 from budgetssl.methods.base import build_method

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from budgetssl.config.check import RunConfig
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.settings import loop_settings
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.meter.counter import PassCounter, flops_per_image
@@ -21,7 +22,7 @@ def measure(run: RunConfig) -> dict[str, Any]:
     trainer = Trainer(method, loop_settings(run))
     counter = PassCounter()
     method.train()
-    trainer.step(to_device(next(batches), trainer.device), counter, fraction=0.0)
+    trainer.step(to_device(next(batches), trainer.device), counter, Clock.of(0.0))
     per_image = flops_per_image(method.backbone, run.dataset.image_size)
     params = sum(p.numel() for p in method.backbone.parameters())
     return report(run, counter.total, per_image, counter.passes, params)

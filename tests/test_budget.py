@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from budgetssl.engine.checkpoint import Checkpoints, read_checkpoint
+from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import NonFiniteLoss, train
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import step_fraction, warmup_cosine

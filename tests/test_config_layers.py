@@ -14,7 +14,7 @@ import torch
 from budgetssl.config import schema
 from budgetssl.config.run_name import config_hash
 from budgetssl.config.volatile import VOLATILE, covered, without
-from budgetssl.engine.checkpoint import MAY_CHANGE, check_same_config
+from budgetssl.engine.checkpoint_files import MAY_CHANGE, check_same_config
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import build_segmentation
 from conftest import run_config

@@ -142,7 +142,7 @@ def stop_worker(rank: int, folder: str, port: int, case: str, out) -> None:  # n
     import os
 
     from budgetssl.engine import distributed, signals
-    from budgetssl.engine.checkpoint import Checkpoints
+    from budgetssl.engine.checkpoint_files import Checkpoints
     from budgetssl.engine.loop import NonFiniteLoss, train
     from budgetssl.engine.signals import Interrupted
     from budgetssl.meter.budget import StepBudget

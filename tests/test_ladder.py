@@ -21,7 +21,7 @@ from budgetssl.analysis.collect import collect
 from budgetssl.config.compose import compose_config
 from budgetssl.config.run_name import config_hash
 from budgetssl.engine import signals
-from budgetssl.engine.checkpoint import check_same_config, read_checkpoint
+from budgetssl.engine.checkpoint_files import check_same_config, read_checkpoint
 from budgetssl.engine.signals import EXIT_INTERRUPTED
 from budgetssl.errors import BudgetSSLError, ConfigError
 from budgetssl.stages import ladder as ladder_stage

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from budgetssl.engine.schedule import Clock
 from budgetssl.errors import BudgetSSLError, ConfigError
 from budgetssl.methods.captions import CaptionView, pseudo_caption
 from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
@@ -130,7 +131,7 @@ def one_step(method_name: str, *extra: str):
     method, batches = build(run)
     trainer = Trainer(method, loop_settings(run))
     method.train()
-    trainer.step(to_device(next(batches), trainer.device), None, fraction=0.3)
+    trainer.step(to_device(next(batches), trainer.device), None, Clock.of(0.3))
     return method, trainer
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from budgetssl.engine.recipe import resolve_recipe
+from budgetssl.engine.schedule import Clock
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.methods.augment import Augment
 from budgetssl.methods.heads import WeightNormLinear
@@ -209,7 +210,7 @@ def tiny(method: str, *extra: str):
 
 def step(trainer: Trainer, batches, fraction: float) -> None:
     trainer.schedule(fraction)
-    trainer.step(to_device(next(batches), trainer.device), None, fraction=fraction)
+    trainer.step(to_device(next(batches), trainer.device), None, Clock.of(fraction))
 
 
 def optimized(trainer: Trainer) -> dict[int, float]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from budgetssl.engine.checkpoint import Checkpoints, flatten, read_checkpoint
+from budgetssl.engine.checkpoint_files import Checkpoints, flatten, read_checkpoint
 from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.signals import EXIT_INTERRUPTED
 from budgetssl.meter.budget import StepBudget

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from budgetssl.engine.checkpoint import Checkpoints, read_checkpoint
+from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import train
 from budgetssl.meter import peak
 from budgetssl.meter.budget import StepBudget
@@ -119,7 +119,7 @@ def test_a_background_checkpoint_writes_the_state_of_its_step(tmp_path):
 
 
 def test_an_error_writing_in_the_background_is_raised_by_the_next_wait(tmp_path, monkeypatch):
-    from budgetssl.engine import checkpoint
+    from budgetssl.engine import checkpoint_files as checkpoint
 
     def full(path, state):
         raise DiskFull("no space left on the test filesystem")

@@ -3,7 +3,7 @@
 Two places read it. A run folder's name hashes the resolved config without these keys
 (config/run_name.py), so re-launching a sweep with another progress setting finds its own runs; and a
 checkpoint resumes under a config that differs from the saved one only in these keys
-(engine/checkpoint.py), which extends the list, next to its use, with what a pretraining checkpoint does
+(engine/checkpoint_files.py), which extends the list, next to its use, with what a pretraining checkpoint does
 not depend on. A key names a whole section (`logger`) or one dotted option (`train.log_every`).
 """
 

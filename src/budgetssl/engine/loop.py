@@ -7,7 +7,7 @@ schedules still those of the whole plan.
 
 The loop knows no method: it trains a Task (engine.task) with a Trainer (engine.trainer: one update),
 prices every step with the meter before spending it (engine.metering), checkpoints and resumes through
-a Checkpointer (engine.state) and stops on a preemption signal (engine.signals) after saving. Under
+a SaveAndResume (engine.state) and stops on a preemption signal (engine.signals) after saving. Under
 torchrun the loss is averaged over ranks and the decision to stop (budget spent, a signal, a non-finite
 loss) is the same on every rank.
 
@@ -30,16 +30,16 @@ from typing import Any
 import torch
 
 from budgetssl.engine import signals
-from budgetssl.engine.checkpoint import Checkpoints
+from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.distributed import World, check_in_sync, current
 from budgetssl.engine.losses import LossReader, NonFiniteLoss
 from budgetssl.engine.metering import first_step, price
 from budgetssl.engine.monitoring import Monitor, Monitoring
 from budgetssl.engine.progress import Progress
 from budgetssl.engine.recipe import ParamCounts
+from budgetssl.engine.resume import RunState, SaveAndResume, Timing
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.signals import Interrupted
-from budgetssl.engine.state import Checkpointer, RunState, Timing
 from budgetssl.engine.task import Task, host_values
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.meter.budget import Budget, Plan
@@ -136,7 +136,7 @@ def train(
     world = current() if distributed else World()
     trainer = Trainer(task, settings, world)
     meter = StepMeter()
-    saver = Checkpointer(checkpoints, trainer, meter, batches)
+    saver = SaveAndResume(checkpoints, trainer, meter, batches)
     progress = Progress(settings.progress and world.is_main, label)
     losses = LossReader(world)
     state = saver.resume() or RunState(lr=settings.recipe.lr)
@@ -187,7 +187,7 @@ def train(
             if save or losses.full or logged(state.step, settings.log_every, last):
                 # The host reads the losses (a non-finite one ends the run here, with its step), and
                 # before a checkpoint the weights are checked too: none holds non-finite weights.
-                state.losses(losses.read(state.step, trainer.params if save else None))
+                state.take_losses(losses.read(state.step, trainer.params if save else None))
             now = time.perf_counter()
             if metered:
                 state.timing.first_step += now - ready
@@ -208,7 +208,7 @@ def train(
         if monitoring is not None:
             monitoring.at(state.step)  # the end (monitored already where the last step was logged)
         final_save = checkpoints is not None and saver.saved_at != state.step
-        state.losses(losses.read(state.step, trainer.params if final_save else None))
+        state.take_losses(losses.read(state.step, trainer.params if final_save else None))
     except BaseException:
         saver.abandon()
         raise

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from budgetssl.engine.state import RunState
+from budgetssl.engine.resume import RunState
 
 
 class Monitor(Protocol):

@@ -169,14 +169,14 @@ class Trainer:
         self,
         batch: dict[str, Any],
         counter: PassCounter | None,
-        fraction: Clock | float,
+        clock: Clock,
         before_step_end: Callable[[], dict[str, float]] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One update at the step's clock `fraction` (a bare fraction: both positions), counted by pass
-        into `counter` when given (the metered step). `before_step_end` runs after the optimizer step and
+        """One update at `clock` (engine/schedule.py: where the step stands), counted by pass into
+        `counter` when given (the metered step). `before_step_end` runs after the optimizer step and
         before the task's on_step_end (the metered first step plans the budget there, so EMA teachers
         know it)."""
-        clock = Clock.of(fraction)
+        clock = Clock.of(clock)  # a bare fraction (tests, scripts) reads as both positions
         metered = counter is not None
         count = counter.count if counter is not None else (lambda *a, **k: nullcontext())
         scaler = self.precision.scaler

@@ -37,9 +37,9 @@ from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.check import RunConfig
 from budgetssl.config.run_name import spell_budget
 from budgetssl.engine import distributed
-from budgetssl.engine.checkpoint import Checkpoints
+from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.loop import LoopResult, train
-from budgetssl.engine.state import branched
+from budgetssl.engine.resume import branched
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.energy import EnergyReading, EnergyTracker
@@ -230,7 +230,7 @@ def handoff(
     trunk: Checkpoints, rung: Checkpoints, run: RunConfig, folder: Path, trunk_metrics: Path, step: int
 ) -> None:
     """Start rung `run` in `folder` from the trunk's checkpoint at `step`: the same state under the
-    rung's plan as its first checkpoint (engine/state.py `branched`, saved with the rung's config), the
+    rung's plan as its first checkpoint (engine/resume.py `branched`, saved with the rung's config), the
     trunk's metrics rows to `step` as its first rows, and its config beside them."""
     found = trunk.latest()
     if found is None or int(found[1]["step"]) != step:

@@ -14,8 +14,8 @@ from budgetssl.config.schema import EnergyConfig
 from budgetssl.data.base import build_dataset
 from budgetssl.data.loader import Batches, LoaderOptions, collate_images, endless_batches
 from budgetssl.engine import distributed
-from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
-from budgetssl.engine.checkpoint import Checkpoints
+from budgetssl.engine.checkpoint_files import FOLDER as CHECKPOINTS
+from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.recipe import resolve_recipe

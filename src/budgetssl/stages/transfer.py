@@ -21,8 +21,8 @@ from typing import Any
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.config.check import RunConfig
 from budgetssl.engine import distributed
-from budgetssl.engine.checkpoint import FOLDER as CHECKPOINTS
-from budgetssl.engine.checkpoint import TRANSFER_MAY_CHANGE, Checkpoints
+from budgetssl.engine.checkpoint_files import FOLDER as CHECKPOINTS
+from budgetssl.engine.checkpoint_files import TRANSFER_MAY_CHANGE, Checkpoints
 from budgetssl.engine.precision import resolve_device
 from budgetssl.engine.rng import seed_everything
 from budgetssl.meter.energy import EnergyTracker

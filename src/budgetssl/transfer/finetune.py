@@ -21,7 +21,7 @@ from budgetssl.config.schema import TrainConfig, TransferConfig
 from budgetssl.data.info import SegInfo
 from budgetssl.data.loader import LoaderOptions, Viewed, endless_batches
 from budgetssl.engine import distributed
-from budgetssl.engine.checkpoint import Checkpoints
+from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.distributed import World
 from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.precision import resolve_device

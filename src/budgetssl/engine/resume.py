@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from budgetssl.engine import rng
-from budgetssl.engine.checkpoint import CheckpointError, Checkpoints
+from budgetssl.engine.checkpoint_files import CheckpointError, Checkpoints
 from budgetssl.engine.distributed import World
 from budgetssl.engine.task import host_values
 from budgetssl.engine.trainer import Trainer
@@ -76,7 +76,7 @@ class RunState:
     monitors: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)  # this attempt's start (not saved)
 
-    def losses(self, read: list[tuple[int, float]]) -> None:
+    def take_losses(self, read: list[tuple[int, float]]) -> None:
         """Take the losses just read on the host, (step, value) pairs: the first step's, the latest."""
         if read and read[0][0] == 1:
             self.first_loss = read[0][1]
@@ -152,7 +152,7 @@ def restore(
     )
 
 
-class Checkpointer:
+class SaveAndResume:
     """The loop's checkpoints: resume from the newest, save when due or asked, and once at the end.
     Without a `Checkpoints` folder it resumes nothing and saves nothing."""
 
