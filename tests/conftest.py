@@ -3,6 +3,8 @@ through their installed console scripts), one thread where runs are compared."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -16,6 +18,8 @@ import torch
 from budgetssl.cli.common import Stage, execute
 from budgetssl.config.check import RunConfig
 from budgetssl.config.compose import compose_config
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.settings import LoopSettings
 from budgetssl.plugins import check_config
 from budgetssl.stages.commands import pretrain_only, pretrain_then_transfer, transfer_only
 
@@ -55,6 +59,18 @@ TINY_BUDGET = "budget.flops=5e9"
 
 def run_config(*overrides: str) -> RunConfig:
     return check_config(compose_config(list(overrides)))
+
+
+@functools.cache
+def default_run() -> RunConfig:
+    """configs/config.yaml as it composes with no overrides (once per test process)."""
+    return run_config()
+
+
+def default_settings(recipe: Recipe, **changes) -> LoopSettings:
+    """The loop's settings as configs/config.yaml's `train:` section gives them (their one source), with
+    `recipe` on a cosine timeline and `changes` (e.g. progress=False) made."""
+    return dataclasses.replace(LoopSettings.from_train(default_run().train, recipe), **changes)
 
 
 # What each console script runs once Hydra has composed its config (cli/pretrain.py, transfer.py, run.py).
