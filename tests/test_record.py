@@ -82,6 +82,7 @@ def test_total_flops_is_derived_once_and_round_trips(tmp_path):
     write_summary(tmp_path, record)
     flat = json.loads((tmp_path / "summary.json").read_text())
     assert flat["total_flops"] == 999_500 and flat["a_user_methods_field"] == 7
+    assert "total_co2_kg" not in flat  # derived where it is read (runs.csv), not part of summary.json
     assert "probe_miou" not in flat  # an absent section writes nothing
     back = read_record(tmp_path)
     assert back == record
@@ -109,6 +110,7 @@ def test_a_record_written_is_read_back_by_the_analysis(tmp_path):
     rows = list(csv.DictReader(write_runs_csv(found.runs, tmp_path / "runs.csv").open()))
     assert len(rows) == 3 and rows[0]["recipe.lr"] == "0.0006" and rows[0]["total_flops"] == "999500"
     assert rows[0]["path"].endswith("r0") and rows[0]["a_user_methods_field"] == "7"
+    assert float(rows[0]["total_co2_kg"]) == pytest.approx(3e-5)  # derived from the read-back record
     header = next(csv.reader((tmp_path / "runs.csv").open()))
     assert header[:3] == ["method", "dataset", "backbone"] and header[-1] == "path"
 

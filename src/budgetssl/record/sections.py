@@ -230,7 +230,9 @@ class Readout:
     readout_note: str | None = _f()  # why the scores are null
 
 
-# Derived once, here, from the sections: written into summary.json for readers without this package.
+# Derived once, here, from the sections (Record's properties of these names), for `Record.value`, runs.csv
+# and the report. summary.json writes `total_flops` alone (README "The run record": readers without this
+# package get the cost axis); `total_co2_kg` is runs.csv's column, derived again wherever it is read.
 DERIVED = {
     "total_flops": FLOPS + ", pretraining + fine-tuning (not the probe)",
     "total_co2_kg": KG + ", measured, pretraining + fine-tuning",
