@@ -115,7 +115,7 @@ def one_thread():
 
 def cli(command: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run an installed console script the way a user would."""
-    # One thread: the tiny models here run faster on one than on two (10.6 s against 13.0 s for a run).
+    # One thread: the tiny models here run faster on one than on two (benchmarks/README.md).
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(BIN / command), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
