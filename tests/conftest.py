@@ -3,6 +3,8 @@ through their installed console scripts), one thread where runs are compared."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -18,6 +20,8 @@ from budgetssl.cli.common import Stage, execute
 from budgetssl.config.check import RunConfig
 from budgetssl.config.compose import compose_config
 from budgetssl.config.run_name import run_name
+from budgetssl.engine.recipe import Recipe
+from budgetssl.engine.settings import LoopSettings
 from budgetssl.methods.registry import METHODS
 from budgetssl.plugins import check_config
 from budgetssl.stages.commands import pretrain_only, pretrain_then_transfer, transfer_only
@@ -78,6 +82,18 @@ def hydra_folder(parent: Path, command: str, overrides: list[str]) -> Path:
     return folder
 
 
+@functools.cache
+def default_run() -> RunConfig:
+    """configs/config.yaml as it composes with no overrides (once per test process)."""
+    return run_config()
+
+
+def default_settings(recipe: Recipe, **changes) -> LoopSettings:
+    """The loop's settings as configs/config.yaml's `train:` section gives them (their one source), with
+    `recipe` on a cosine timeline and `changes` (e.g. progress=False) made."""
+    return dataclasses.replace(LoopSettings.from_train(default_run().train, recipe), **changes)
+
+
 # What each console script runs once Hydra has composed its config (cli/pretrain.py, transfer.py, run.py).
 STAGES: dict[str, Stage] = {
     "budgetssl-pretrain": pretrain_only,
@@ -120,7 +136,7 @@ def one_thread():
 
 def cli(command: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run an installed console script the way a user would."""
-    # One thread: the tiny models here run faster on one than on two (10.6 s against 13.0 s for a run).
+    # One thread: the tiny models here run faster on one than on two (benchmarks/README.md).
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(BIN / command), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600

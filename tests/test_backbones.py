@@ -17,7 +17,7 @@ def test_pooled_features_and_feature_map(name, size, features, stride):
     backbone = build_backbone(run_config(f"backbone={name}", f"dataset.image_size={size}").backbone, size)
     x = torch.randn(2, 3, size, size)
     assert backbone(x).shape == (2, features)
-    assert backbone.feature_map(x).shape == (2, features, size // stride, size // stride)
+    assert backbone(x, readout="map").shape == (2, features, size // stride, size // stride)
 
 
 def test_every_contract_backbone_composes():
@@ -39,5 +39,5 @@ def test_every_contract_backbone_composes():
 def test_patch_size_override_changes_the_token_grid():
     run = run_config("backbone=vit_nano", "backbone.patch_size=8")
     backbone = build_backbone(run.backbone, 32)
-    assert backbone.feature_map(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+    assert backbone(torch.randn(1, 3, 32, 32), readout="map").shape[-2:] == (4, 4)
     assert backbone.timm_spec()["kwargs"]["patch_size"] == 8

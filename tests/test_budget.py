@@ -14,11 +14,11 @@ from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import NonFiniteLoss, train
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import step_fraction, warmup_cosine
-from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import StepOutput, Task
 from budgetssl.errors import BudgetError
 from budgetssl.meter.budget import FlopBudget, StepBudget
 from budgetssl.record.metrics import MetricsLog
+from conftest import default_settings
 
 
 class Regression(Task):
@@ -45,7 +45,7 @@ def batches(batch_size: int = 16):
         yield {"x": x, "y": x @ w}
 
 
-SETTINGS = LoopSettings(
+SETTINGS = default_settings(
     Recipe(lr=0.05, final_lr_ratio=0.1, warmup_fraction=0.2, weight_decay=0.0), progress=False
 )
 

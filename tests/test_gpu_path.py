@@ -27,7 +27,16 @@ from budgetssl.meter.attention import attention_rules
 from budgetssl.meter.counter import PassCounter
 from budgetssl.stages.pretrain import build
 from budgetssl.transfer.heads import Segmenter
-from conftest import METHOD_NAMES, TINY, TINY_BUDGET, run_config, run_in_process, small, summary
+from conftest import (
+    METHOD_NAMES,
+    TINY,
+    TINY_BUDGET,
+    default_settings,
+    run_config,
+    run_in_process,
+    small,
+    summary,
+)
 from real_step import measure
 
 CUDA = torch.device("cuda")  # a device object needs no GPU
@@ -192,7 +201,7 @@ def test_a_resumed_optimizer_runs_this_run_s_kernels():
     recipe = Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.0)
     task = Task()
     task.model = nn.Linear(4, 2)
-    trainer = Trainer(task, LoopSettings(recipe=recipe, device="cpu", fused_optimizer=False))
+    trainer = Trainer(task, default_settings(recipe, device="cpu", fused_optimizer=False))
     saved = trainer.state_dict()
     for group in saved["optimizer"]["param_groups"]:
         group["fused"] = True

@@ -5,6 +5,7 @@ process: conftest.run_in_process)."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 
@@ -13,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from budgetssl.config.schema import Interpolation
 from budgetssl.engine.schedule import Clock
 from budgetssl.errors import BudgetSSLError, ConfigError
+from budgetssl.methods.augment import CropConfig
 from budgetssl.methods.captions import CaptionView, pseudo_caption
 from budgetssl.methods.ema import EmaTeacher, momentum_at, planned_base_momentum
 from budgetssl.methods.registry import METHODS
@@ -289,6 +292,31 @@ def test_invalid_method_settings_are_refused_with_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=None) as info:
         run_config(*TINY, *overrides)
     assert message in str(info.value)
+
+
+CROPPING = [name for name in METHODS.names() if issubclass(METHODS.get(name).config_class, CropConfig)]
+
+
+def test_the_methods_that_crop_share_one_crop_config():
+    """crop_scale_min and interpolation are CropConfig's fields, written once: no cropping method's config
+    declares them again, and the five that crop the whole image (the study's but DINO) use it."""
+    assert {"supervised", "mae", "simclr", "byol", "clip"} <= set(CROPPING)
+    for name in CROPPING:
+        own = inspect.get_annotations(METHODS.get(name).config_class)
+        assert not {"crop_scale_min", "interpolation"} & set(own), name
+
+
+@pytest.mark.parametrize("method", CROPPING)
+def test_a_bad_crop_is_refused_naming_the_option_and_the_valid_values(method):
+    with pytest.raises(ConfigError) as info:
+        run_config(*TINY, f"method={method}", "method.crop_scale_min=0")
+    assert "method.crop_scale_min" in str(info.value) and "(0, 1]" in str(info.value)
+    with pytest.raises(
+        ConfigError, match="method.interpolation must be one of bilinear, bicubic; got 'area'"
+    ):
+        run_config(*TINY, f"method={method}", "method.interpolation=area")
+    run = run_config(*TINY, f"method={method}", "method.crop_scale_min=0.5", "method.interpolation=bicubic")
+    assert run.method.crop_scale == (0.5, 1.0) and run.method.interpolation == Interpolation.bicubic
 
 
 def test_clip_on_images_without_captions_or_labels_is_refused(tmp_path):

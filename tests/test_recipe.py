@@ -24,7 +24,7 @@ from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
 from budgetssl.methods.ema import RULES, EmaTeacher, momentum_at, planned_base_momentum
-from conftest import METHOD_NAMES, TEACHER_METHODS, run_config
+from conftest import METHOD_NAMES, TEACHER_METHODS, default_settings, run_config
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_weight_decay_rules_pick_the_parameters():
 
 def test_weight_decay_schedule_changes_only_decayed_groups():
     recipe = Recipe(lr=0.1, final_lr_ratio=0.0, warmup_fraction=0.0, weight_decay=0.04, weight_decay_end=0.4)
-    trainer = Trainer(Wrapper(), LoopSettings(recipe))
+    trainer = Trainer(Wrapper(), default_settings(recipe))
     for fraction, expected in ((0.0, 0.04), (0.5, 0.22), (1.0, 0.4)):
         trainer.schedule(fraction)
         decays = sorted(g["weight_decay"] for g in trainer.optimizer.param_groups)

@@ -44,12 +44,22 @@ def a_record(method: str = "mae", seed: int = 0, miou: float = 31.5) -> s.Record
 
 
 def test_every_field_has_a_unit_entry_and_no_field_is_in_two_sections():
-    names = [f.name for cls in (s.Identity, s.Outcome, s.Pretraining, s.Monitors, s.Energy, s.Provenance,
-                                s.Transfer, s.Probe, s.Readout) for f in fields(cls)]  # fmt: skip
+    names = [f.name for _, cls in s.SECTIONS for f in fields(cls)]
     assert len(names) == len(set(names))
     assert set(s.units()) == set(names) | set(s.DERIVED)
     assert s.units()["train_flops"] == s.FLOPS and s.units()["miou"] == s.PERCENT
     assert s.units()["knn_accuracy"] == s.units()["linear_accuracy"] == s.PERCENT
+
+
+def test_the_section_list_is_record_s_fields():
+    """SECTIONS and ALWAYS are read off Record: every section class once, in Record's order, and the two
+    with a default (identity, outcome) present even in a record read from a file without their keys."""
+    assert [name for name, _ in s.SECTIONS] == [f.name for f in fields(s.Record) if f.name != "extra"]
+    assert [cls for _, cls in s.SECTIONS][:3] == [s.Identity, s.Outcome, s.Pretraining]
+    assert s.ALWAYS == ("identity", "outcome")
+    back = s.Record.from_json({"miou": 30.0})
+    assert back.identity == s.Identity() and back.outcome == s.Outcome() and back.pretraining is None
+    assert back.transfer == s.Transfer(miou=30.0)
 
 
 def test_the_monitors_section_and_its_collapse_verdict_round_trip(tmp_path):
@@ -72,6 +82,7 @@ def test_total_flops_is_derived_once_and_round_trips(tmp_path):
     write_summary(tmp_path, record)
     flat = json.loads((tmp_path / "summary.json").read_text())
     assert flat["total_flops"] == 999_500 and flat["a_user_methods_field"] == 7
+    assert "total_co2_kg" not in flat  # derived where it is read (runs.csv), not part of summary.json
     assert "probe_miou" not in flat  # an absent section writes nothing
     back = read_record(tmp_path)
     assert back == record
@@ -99,6 +110,7 @@ def test_a_record_written_is_read_back_by_the_analysis(tmp_path):
     rows = list(csv.DictReader(write_runs_csv(found.runs, tmp_path / "runs.csv").open()))
     assert len(rows) == 3 and rows[0]["recipe.lr"] == "0.0006" and rows[0]["total_flops"] == "999500"
     assert rows[0]["path"].endswith("r0") and rows[0]["a_user_methods_field"] == "7"
+    assert float(rows[0]["total_co2_kg"]) == pytest.approx(3e-5)  # derived from the read-back record
     header = next(csv.reader((tmp_path / "runs.csv").open()))
     assert header[:3] == ["method", "dataset", "backbone"] and header[-1] == "path"
 

@@ -13,14 +13,13 @@ from torch import nn
 
 from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.schedule import WSD, Clock, Timeline
-from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.errors import BudgetError
 from budgetssl.meter.budget import FlopBudget, Plan
 from budgetssl.meter.ladder import Ladder, LadderPlan, branch_step
 from budgetssl.methods.ema import EmaTeacher, planned_base_momentum
 from budgetssl.stages.pretrain import build, loop_settings
-from conftest import TINY, run_config, small
+from conftest import TINY, default_settings, run_config, small
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -288,6 +287,6 @@ def test_a_clock_is_frozen_and_reads_a_bare_fraction_at_both_positions():
     with pytest.raises(AttributeError, match="frozen"):
         clock.warm = 0.5  # type: ignore[misc]
     assert (
-        LoopSettings(Recipe(lr=1.0, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.0)).timeline
+        default_settings(Recipe(lr=1.0, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.0)).timeline
         == Timeline()
     )

@@ -9,14 +9,13 @@ import torch
 
 from budgetssl.backbones.backbone import build_backbone
 from budgetssl.engine.recipe import Recipe
-from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import ConfigError
 from budgetssl.readout import segmentation
 from budgetssl.stages import transfer as stage
 from budgetssl.transfer.finetune import transfer_settings
 from budgetssl.transfer.heads import Segmenter
-from conftest import TINY, run_config, run_in_process, small, summary
+from conftest import TINY, default_settings, run_config, run_in_process, small, summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +58,7 @@ def test_frozen_backbone_gets_no_gradient_and_no_optimizer_state():
     model = segmenter("vit_nano", 16, "linear")
     model.backbone.requires_grad_(False)
     trainer = Trainer(
-        model, LoopSettings(Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.05))
+        model, default_settings(Recipe(lr=1e-3, final_lr_ratio=0.1, warmup_fraction=0.0, weight_decay=0.05))
     )
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     batch = {"image": torch.randn(4, 3, 16, 16), "mask": torch.randint(0, 6, (4, 16, 16))}

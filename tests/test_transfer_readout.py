@@ -10,11 +10,10 @@ import torch
 
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.engine.recipe import Recipe
-from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.trainer import Trainer
 from budgetssl.transfer.finetune import finetune
 from budgetssl.transfer.heads import Segmenter
-from conftest import TINY, run_config
+from conftest import TINY, default_settings, run_config
 
 FACTOR = 8.0  # about the spread of token RMS across the demo's pretraining methods (0.20 to 1.66)
 
@@ -49,7 +48,7 @@ def trained(name: str, size: int, head: str, factor: float, readout_norm: bool =
     model = Segmenter(backbone(name, size, factor), head, 6, 255, image_size=size, readout_norm=readout_norm)
     before = torch.cat([p.detach().flatten() for p in model.backbone.parameters()])
     trainer = Trainer(
-        model, LoopSettings(Recipe(lr=1e-3, final_lr_ratio=1.0, warmup_fraction=0.0, weight_decay=0.05))
+        model, default_settings(Recipe(lr=1e-3, final_lr_ratio=1.0, warmup_fraction=0.0, weight_decay=0.05))
     )
     gen = torch.Generator().manual_seed(1)
     losses = []

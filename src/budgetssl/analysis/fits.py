@@ -32,7 +32,8 @@ from budgetssl.analysis.aggregate import Point
 
 MIN_BUDGETS = 3  # three parameters: fewer budgets leave the law undetermined
 # Bootstrap resamples (chosen): a thousand, the order Efron & Tibshirani ("An Introduction to the
-# Bootstrap", 1993) advise for percentile intervals; vectorised, they take about 0.1 s a fit.
+# Bootstrap", 1993) advise for percentile intervals; vectorised, they cost little beside the report
+# (benchmarks/README.md).
 N_BOOT = 1000
 RNG_SEED = 0  # the bootstrap's generator: the same runs give the same report
 LEVEL = 0.95  # the interval's coverage

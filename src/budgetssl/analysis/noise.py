@@ -67,8 +67,3 @@ def noise_of(points: list[Point]) -> Noise:
         return Noise(None, 0, 0)
     pooled = math.sqrt(sum((p.seeds - 1) * p.spread**2 for p in several) / dof)
     return Noise(pooled, len(several), sum(p.seeds for p in several))
-
-
-def one_seed(points: list[Point]) -> str:
-    """The warning beside a verdict that rests on a point of one seed ('' when none does)."""
-    return "1 seed" if any(p.seeds == 1 for p in points) else ""

@@ -44,10 +44,6 @@ class Backbone(nn.Module):
             raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
         return getattr(self, f"_{readout}")(x, keep)
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Spatial features (B, D, h, w) for dense heads."""
-        return self(x, readout="map")
-
     def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 

@@ -33,6 +33,13 @@ class AugmentOn(StrEnum):
     device = "device"  # on whole batches on the training device (methods/batched.py)
 
 
+class Interpolation(StrEnum):
+    """How a method's random resized crops resample (methods/augment.py; method.interpolation)."""
+
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+
+
 class LrScaling(StrEnum):
     linear = "linear"  # base_lr * B / ref
     sqrt = "sqrt"  # base_lr * sqrt(B / ref)

@@ -47,11 +47,10 @@ def auto_workers(device: torch.device) -> int:
 
     CUDA: min(8, this process's share of the cores, less one for the main process), so data decodes
     (and, under augment_on=loader, views) while the GPU computes. CPU: 0 when torch runs one thread or
-    the machine has 4 cores or fewer, else the cores torch's threads leave free (at most 4). Measured on
-    `make demo`'s setting (2 cores, two runs at a time, one thread each, 16 px, batch 32, 2.5e11 FLOPs),
-    pretraining seconds with 0 / 1 worker: supervised 7.8 / 12.2 with views on the device, 9.6 / 15.5 in
-    the loader; DINO 12.4 / 12.0 on the device, 39 / 30 in the loader: a worker takes the core the other
-    run computes on, and with views on the device a batch's data work is 3-15 ms against 22-110 ms steps.
+    the machine has 4 cores or fewer, else the cores torch's threads leave free (at most 4). On a small
+    machine running runs side by side (`make demo`), a worker takes the core another run computes on,
+    and with views on the device a batch's data work is small against a step, so no worker is faster
+    (measured: benchmarks/README.md, augment_on.py).
     """
     available = cores()
     if device.type == "cuda":

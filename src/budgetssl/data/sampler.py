@@ -79,6 +79,7 @@ class Seeded(Dataset):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed would also queue a (lazy) reseed of every
-            # accelerator's generator per sample, which fork_rng(devices=[]) does not undo, and costs 1-2 ms.
+            # accelerator's generator per sample, which fork_rng(devices=[]) does not undo, at a cost above
+            # a small sample's own (benchmarks/README.md).
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]

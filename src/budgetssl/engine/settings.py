@@ -1,5 +1,9 @@
 """The loop's settings: the recipe it optimises with, the timeline its schedules run on, and how it runs
-(precision, device, reporting)."""
+(precision, device, reporting).
+
+No field has a default of its own: the defaults are configs/config.yaml's `train:` section (checked by
+config/schema.py `TrainConfig`), and `from_train` is the one way from it to here, so the two cannot
+disagree (tests/test_config_defaults.py)."""
 
 from __future__ import annotations
 
@@ -14,16 +18,17 @@ from budgetssl.engine.schedule import Timeline
 @dataclass(frozen=True)
 class LoopSettings:
     recipe: Recipe
-    precision: str = "fp32"
-    device: str = "auto"
-    tf32: bool = True  # CUDA only (engine/precision.py)
-    fused_optimizer: bool = True  # CUDA and CPU where torch has the kernel (engine/trainer.py)
-    compile: bool = False  # torch.compile the task's forward; the metered steps run eager
-    log_every: int = 10
-    progress: bool = True
     # How steps map to clocks: cosine, or wsd with its cool-down and warm-up reference (a ladder's
     # smallest rung: `loop_settings` sets it).
-    timeline: Timeline = Timeline()
+    timeline: Timeline
+    # train.precision ... train.progress, as config/schema.py TrainConfig documents them.
+    precision: str
+    device: str
+    tf32: bool
+    fused_optimizer: bool
+    compile: bool
+    log_every: int
+    progress: bool
 
     @classmethod
     def from_train(cls, t: TrainConfig, recipe: Recipe | None = None) -> LoopSettings:

@@ -46,9 +46,9 @@ def optimizer_impl(name: str, device: torch.device, fused: bool) -> tuple[str, d
     `fused` (one kernel updates every parameter: torch's AdamW, Adam and SGD, on CUDA and, since torch
     2.4, on CPU) when asked for and the optimizer has it; else `foreach` (batched over parameters: what
     torch's optimizers and timm's LARS and LAMB choose themselves on CUDA where they have it); else
-    `for-loop` (one parameter at a time: torch's choice on CPU). On this 2-core CPU at the demo's sizes
-    the fused AdamW halves CLIP's step (77 -> 40 ms) and the metered step's extra time of MAE (35 ->
-    17 ms): benchmarks/README.md."""
+    `for-loop` (one parameter at a time: torch's choice on CPU). The fused kernel replaces an op per
+    parameter and operation with one, which on CPU at small sizes is much of a step's time and of the
+    metered step's extra (the meter's cost is per op); the measured steps: benchmarks/README.md."""
     try:
         accepts = inspect.signature(get_optimizer_info(name.lower().split("_")[-1]).opt_class).parameters
     except (ValueError, KeyError, TypeError):  # an unknown name: create_optimizer_v2 says so

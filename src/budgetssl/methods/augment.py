@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from omegaconf import MISSING
 from torchvision.transforms import v2
 
+from budgetssl.config.schema import Interpolation, MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.errors import ConfigError
 
@@ -25,25 +27,47 @@ from budgetssl.errors import ConfigError
 # (main_pretrain.py), open_clip (transform.py), SimCLR's TF code (data_util.py) and BYOL's (dataset.py)
 # resize bicubic; MoCo v3 (main_moco.py), whose ViT study is the SimCLR/BYOL-on-ViT reference, keeps
 # torchvision's default, bilinear.
-INTERPOLATIONS = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+INTERPOLATIONS = {
+    Interpolation.bilinear: v2.InterpolationMode.BILINEAR,
+    Interpolation.bicubic: v2.InterpolationMode.BICUBIC,
+}
 CROP_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop aspect ratios, as every reference keeps
 BLUR_SIGMA = (0.1, 2.0)  # SimCLR's Gaussian blur sigma range (BYOL, DINO keep it)
 SOLARIZE_THRESHOLD = 128  # of 255: pixels at or above it are inverted (BYOL, DINO)
 
 
-def check_interpolation(interpolation: str) -> None:
-    """Refuse an unknown `method.interpolation` at config time."""
-    if interpolation not in INTERPOLATIONS:
-        raise ConfigError(
-            f"method.interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{interpolation}'"
-        )
+@dataclass
+class CropConfig(MethodConfig):
+    """The crop a method's views share: random resized crops of the whole image covering
+    (crop_scale_min, 1] of its area (`crop_scale`), resampled by `interpolation` (its values refused
+    by the schema's enum). A method whose views crop so lists it among its config's bases (supervised,
+    MAE, SimCLR, BYOL, CLIP) and keeps the override names `method.crop_scale_min` and
+    `method.interpolation`; the range is checked here, once, when the section is typed (config/check.py
+    `typed` builds this dataclass), so no method checks it again."""
+
+    crop_scale_min: float = MISSING  # the smallest crop's share of the image's area
+    interpolation: Interpolation = MISSING  # bilinear | bicubic (each method's YAML cites its reference)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_scale_min <= 1:
+            raise ConfigError(
+                "method.crop_scale_min (the smallest crop's share of the image's area) must be in (0, 1], "
+                f"e.g. method.crop_scale_min=0.08; got {self.crop_scale_min}"
+            )
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return (self.crop_scale_min, 1.0)
 
 
 def resized_crop(size: int, scale: tuple[float, float], interpolation: str) -> v2.RandomResizedCrop:
     """torchvision's random resized crop with the reference's resampling (antialiased)."""
-    check_interpolation(interpolation)
     return v2.RandomResizedCrop(
-        size, scale=scale, ratio=CROP_RATIO, interpolation=INTERPOLATIONS[interpolation], antialias=True
+        size,
+        scale=scale,
+        ratio=CROP_RATIO,
+        interpolation=INTERPOLATIONS[Interpolation(interpolation)],
+        antialias=True,
     )
 
 
@@ -71,7 +95,7 @@ class Augment:
     scale: tuple[float, float]
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: str = "bilinear"
+    interpolation: Interpolation = Interpolation.bilinear
     flip: bool = True
     jitter: tuple[float, float, float, float] | None = None
     jitter_p: float = 0.0
@@ -80,7 +104,7 @@ class Augment:
     solarize_p: float = 0.0
 
     def __post_init__(self) -> None:
-        check_interpolation(self.interpolation)
+        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))  # a bad name: ValueError
         object.__setattr__(self, "_per_sample", self.transform())
 
     @property
@@ -124,7 +148,7 @@ def random_crop_flip(
     size: int,
     scale: tuple[float, float],
     flip: bool = True,
-    interpolation: str = "bilinear",
+    interpolation: Interpolation = Interpolation.bilinear,
 ) -> Augment:
     """The classification recipe: random resized crop and (unless `flip` is off) horizontal flip."""
     return Augment(size, tuple(scale), data.mean, data.std, interpolation, flip=flip)  # type: ignore[arg-type]
@@ -139,7 +163,7 @@ def ssl_crop(
     gray_p: float = 0.2,
     blur_p: float = 0.0,
     solarize_p: float = 0.0,
-    interpolation: str = "bilinear",
+    interpolation: Interpolation = Interpolation.bilinear,
 ) -> Augment:
     """The SimCLR/BYOL/DINO family of views: crop, flip, colour jitter, greyscale, blur, solarize."""
     return Augment(

@@ -8,8 +8,8 @@ in `Record.extra` and written back unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, get_args, get_type_hints
 
 from budgetssl.meter.ladder import Ladder
 
@@ -236,19 +236,9 @@ class Readout:
     readout_note: str | None = _f()  # why the scores are null
 
 
-# Every section, in the order summary.json writes them, by the Record attribute that holds it.
-SECTIONS: tuple[tuple[str, type], ...] = (
-    ("identity", Identity),
-    ("outcome", Outcome),
-    ("pretraining", Pretraining),
-    ("monitors", Monitors),
-    ("energy", Energy),
-    ("provenance", Provenance),
-    ("transfer", Transfer),
-    ("probe", Probe),
-    ("readout", Readout),
-)
-# Derived once, here, from the sections: written into summary.json for readers without this package.
+# Derived once, here, from the sections (Record's properties of these names), for `Record.value`, runs.csv
+# and the report. summary.json writes `total_flops` alone (README "The run record": readers without this
+# package get the cost axis); `total_co2_kg` is runs.csv's column, derived again wherever it is read.
 DERIVED = {
     "total_flops": FLOPS + ", pretraining + fine-tuning (not the probe)",
     "total_co2_kg": KG + ", measured, pretraining + fine-tuning",
@@ -267,7 +257,11 @@ def split(cls: type, flat: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
 
 @dataclass
 class Record:
-    """One run's record. Optional sections are absent (None) where the command did not run that stage."""
+    """One run's record. Optional sections are absent (None) where the command did not run that stage.
+
+    Its fields are the section list: each section's name, class and whether every record has it (a
+    default factory: identity, outcome) come from here alone (`SECTIONS`, `ALWAYS`), in the order
+    summary.json writes them."""
 
     identity: Identity = field(default_factory=Identity)
     outcome: Outcome = field(default_factory=Outcome)
@@ -343,7 +337,7 @@ class Record:
         for name, section in SECTIONS:
             present = any(k in rest for k in names(section))
             parts[name], rest = split(section, rest)
-            if not present and name not in ("identity", "outcome"):
+            if not present and name not in ALWAYS:
                 parts[name] = None
         stored = {k: rest.pop(k) for k in DERIVED if k in rest}
         record = cls(**parts, extra=rest)
@@ -361,6 +355,22 @@ class Record:
 def _plain(value: Any) -> Any:
     """A field's JSON value (a nested section as its object)."""
     return value.to_dict() if isinstance(value, Ladder) else value
+
+
+def _section_class(kind: Any) -> type:
+    """`Pretraining | None` -> Pretraining; `Identity` -> Identity."""
+    return next((a for a in get_args(kind) if a is not type(None)), kind)
+
+
+_HINTS = get_type_hints(Record)
+# Every section, in the order summary.json writes them, by the Record attribute that holds it.
+SECTIONS: tuple[tuple[str, type], ...] = tuple(
+    (f.name, _section_class(_HINTS[f.name])) for f in fields(Record) if f.name != "extra"
+)
+# The sections every record has, even one read from a file that lacks all their keys.
+ALWAYS: tuple[str, ...] = tuple(
+    name for name, _ in SECTIONS if Record.__dataclass_fields__[name].default_factory is not MISSING
+)
 
 
 def units() -> dict[str, str]:

@@ -56,8 +56,8 @@ class TrainView:
     """The fine-tuning view: random resized crop (area 0.5-1, bilinear antialiased image, nearest mask),
     horizontal flip, scaled to [0, 1] and normalised. It draws the same random numbers in the same order
     as `reference_train_view` and gives the same tensors, through v2's functional kernels on plain
-    tensors: 0.24 ms a 16-px sample against 0.39 ms through the v2 pipeline's dispatch on this CPU, where
-    the transfer's steps waited for data 43% (fine-tuning) and 66% (probe) of their time in `make demo`."""
+    tensors: without the v2 pipeline's per-transform dispatch, which at small sizes is much of a sample's
+    cost, where the transfer's steps wait for data much of their time (benchmarks/README.md)."""
 
     def __init__(self, info: SegInfo, size: int) -> None:
         self.crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)

@@ -119,9 +119,10 @@ class Chunk:
 
 class SceneCache:
     """Rendered scenes, by their arguments: a scene is a pure function of (data_seed, split, index, size,
-    max_objects), so a stored one is the scene itself. Rendering is most of a small sample's cost (0.56 ms
-    at 16 px on this 2-core CPU, against 0.02 ms to read it back), and every run of a sweep, every epoch
-    of the endless stream, the probe and the transfer's repeats draw the same scenes again.
+    max_objects), so a stored one is the scene itself. Rendering is most of a small sample's cost, reading
+    a stored scene back a small part of it (benchmarks/README.md, augment_on.py), and every run of a
+    sweep, every epoch of the endless stream, the probe and the transfer's repeats draw the same scenes
+    again.
 
     Scenes are rendered CHUNK consecutive indices at a time and kept twice: in this process, up to
     `max_bytes` (the least recently used chunk dropped first; the default holds every scene of the demo's

@@ -22,7 +22,7 @@ from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
 from budgetssl.methods.heads import before_last_norm, mlp
@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class BYOLConfig(TeacherConfig):
-    """Values in configs/method/byol.yaml (cited there); the momentum's fields are TeacherConfig's."""
+class BYOLConfig(TeacherConfig, CropConfig):
+    """Values in configs/method/byol.yaml (cited there); the momentum's fields are TeacherConfig's, the
+    crop's CropConfig's."""
 
     proj_hidden_dim: int = MISSING
     proj_dim: int = MISSING
@@ -42,8 +43,6 @@ class BYOLConfig(TeacherConfig):
     pred_hidden_dim: int = MISSING
     pred_layers: int = MISSING  # linear layers of the predictor
     last_bn: bool = MISSING  # batch norm (no affine) on the projector's and the predictor's outputs
-    crop_scale_min: float = MISSING
-    interpolation: str = MISSING  # resampling of the crops: bilinear | bicubic
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -86,14 +85,11 @@ class BYOL(Method):
     def check(cls, run: RunConfig) -> None:
         cfg = run.method
         check_teacher_config(cfg)
-        if not 0 < cfg.crop_scale_min <= 1:
-            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
         if min(cfg.proj_layers, cfg.pred_layers) < 1:
             raise ConfigError("method.proj_layers and method.pred_layers must be >= 1")
-        check_interpolation(cfg.interpolation)
 
     def views(self) -> MultiView:
-        size, scale, resample = self.data.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.interpolation
+        size, scale, resample = self.data.image_size, self.cfg.crop_scale, self.cfg.interpolation
         first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
         second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
         return MultiView({"views": [first, second]})

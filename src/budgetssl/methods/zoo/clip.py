@@ -22,12 +22,11 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 from budgetssl.backbones.backbone import Backbone
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import check_interpolation, random_crop_flip
+from budgetssl.methods.augment import CropConfig, random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.captions import CAPTION_SOURCES, CaptionView
 from budgetssl.methods.distributed import gather, rank_and_size
@@ -41,8 +40,8 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 
 @dataclass
-class CLIPConfig(MethodConfig):
-    """Values in configs/method/clip.yaml (cited there)."""
+class CLIPConfig(CropConfig):
+    """Values in configs/method/clip.yaml (cited there); the crop's fields are CropConfig's."""
 
     embed_dim: int = MISSING
     text_width: int = MISSING  # MiniLM-sized text tower (12 layers, 384 wide), as in the study
@@ -51,8 +50,6 @@ class CLIPConfig(MethodConfig):
     context_length: int = MISSING
     init_temperature: float = MISSING
     captions: str = MISSING  # auto: captions if the dataset has them, else pseudo-captions from labels
-    crop_scale_min: float = MISSING
-    interpolation: str = MISSING  # resampling of the crop: bicubic (open_clip transform.py) | bilinear
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -114,12 +111,14 @@ class CLIP(Method):
             raise ConfigError("method.embed_dim, method.text_layers and method.context_length must be >= 1")
         if not 0 < cfg.init_temperature <= 1:
             raise ConfigError(f"method.init_temperature must be in (0, 1], got {cfg.init_temperature}")
-        check_interpolation(cfg.interpolation)
 
     def views(self) -> CaptionView:
-        scale = (self.cfg.crop_scale_min, 1.0)
         crop = random_crop_flip(  # no flip: captions may say left/right (open_clip's training views)
-            self.data, self.data.image_size, scale, flip=False, interpolation=self.cfg.interpolation
+            self.data,
+            self.data.image_size,
+            self.cfg.crop_scale,
+            flip=False,
+            interpolation=self.cfg.interpolation,
         )
         return CaptionView(crop, self.data.class_names, self.cfg.captions, self.cfg.context_length)
 

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from budgetssl.backbones.backbone import Backbone, without_drop_path
+from budgetssl.config.schema import Interpolation
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
+from budgetssl.methods.augment import MultiView, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import mean_over_ranks
 from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
@@ -57,7 +58,7 @@ class DINOConfig(TeacherConfig):
     teacher_temp: float = MISSING
     warmup_teacher_temp_fraction: float = MISSING
     center_momentum: float = MISSING
-    interpolation: str = MISSING  # resampling of the crops: bicubic (main_dino.py) | bilinear
+    interpolation: Interpolation = MISSING  # resampling of the crops: bicubic (main_dino.py) | bilinear
 
 
 def local_size(cfg: DINOConfig, image_size: int, patch_size: int | None) -> int:
@@ -150,7 +151,6 @@ class DINO(Method):
         for name in ("warmup_teacher_temp_fraction", "freeze_last_layer_fraction"):
             if not 0 <= getattr(cfg, name) <= 1:
                 raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(cfg, name)}")
-        check_interpolation(cfg.interpolation)
         if not 0 <= cfg.center_momentum <= 1:
             raise ConfigError(f"method.center_momentum must be in [0, 1], got {cfg.center_momentum}")
         check_teacher_config(cfg)

@@ -24,11 +24,10 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from budgetssl.backbones.backbone import Backbone
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import SingleView, check_interpolation, random_crop_flip
+from budgetssl.methods.augment import CropConfig, SingleView, random_crop_flip
 from budgetssl.methods.base import Method
 from budgetssl.methods.registry import METHODS
 
@@ -37,16 +36,15 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class MAEConfig(MethodConfig):
-    """Values in configs/method/mae.yaml and mae_tiny.yaml (cited there)."""
+class MAEConfig(CropConfig):
+    """Values in configs/method/mae.yaml and mae_tiny.yaml (cited there); the crop's fields are
+    CropConfig's."""
 
     mask_ratio: float = MISSING
     decoder_dim: int = MISSING
     decoder_depth: int = MISSING
     decoder_heads: int = MISSING
     norm_pix_loss: bool = MISSING
-    crop_scale_min: float = MISSING
-    interpolation: str = MISSING  # resampling of the crop: bicubic (main_pretrain.py) | bilinear
 
 
 # models_mae.py builds ViT-B (and its decoder) with LayerNorm(eps=1e-6), as timm's ViTs are.
@@ -204,15 +202,12 @@ class MAE(Method):
                 f"method.decoder_dim={cfg.decoder_dim} must be divisible by 4 (the decoder's 2-D sin-cos "
                 "position embedding)"
             )
-        if not 0 < cfg.crop_scale_min <= 1:
-            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
-        check_interpolation(cfg.interpolation)
 
     def views(self) -> SingleView:
         crop = random_crop_flip(
             self.data,
             self.data.image_size,
-            (self.cfg.crop_scale_min, 1.0),
+            self.cfg.crop_scale,
             interpolation=self.cfg.interpolation,
         )
         return SingleView(crop)

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 
 from budgetssl.backbones.backbone import Backbone
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import MultiView, check_interpolation, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import gather, rank_and_size
 from budgetssl.methods.heads import before_last_norm, mlp
@@ -31,17 +30,15 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SimCLRConfig(MethodConfig):
-    """Values in configs/method/simclr.yaml (cited there)."""
+class SimCLRConfig(CropConfig):
+    """Values in configs/method/simclr.yaml (cited there); the crop's fields are CropConfig's."""
 
     temperature: float = MISSING
     proj_hidden_dim: int = MISSING
     proj_dim: int = MISSING
     proj_layers: int = MISSING  # linear layers of the projector
     proj_last_bn: bool = MISSING  # batch norm (no affine) on the projector's output
-    crop_scale_min: float = MISSING
     color_strength: float = MISSING  # SimCLR's colour-distortion strength s: jitter (0.8s, 0.8s, 0.8s, 0.2s)
-    interpolation: str = MISSING  # resampling of the crops: bilinear | bicubic
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -82,20 +79,17 @@ class SimCLR(Method):
         cfg = run.method
         if cfg.temperature <= 0:
             raise ConfigError(f"method.temperature must be > 0, got {cfg.temperature}")
-        if not 0 < cfg.crop_scale_min <= 1:
-            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
         if cfg.color_strength < 0:
             raise ConfigError(f"method.color_strength must be >= 0, got {cfg.color_strength}")
         if cfg.proj_layers < 1:
             raise ConfigError(f"method.proj_layers must be >= 1, got {cfg.proj_layers}")
-        check_interpolation(cfg.interpolation)
 
     def views(self) -> MultiView:
         s = self.cfg.color_strength
         crop = ssl_crop(
             self.data,
             self.data.image_size,
-            (self.cfg.crop_scale_min, 1.0),
+            self.cfg.crop_scale,
             jitter=(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5)),
             blur_p=0.5,
             interpolation=self.cfg.interpolation,

@@ -34,14 +34,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from budgetssl.backbones.backbone import Backbone
-from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
 from budgetssl.methods.augment import (
     INTERPOLATIONS,
+    CropConfig,
     SingleView,
-    check_interpolation,
     random_crop_flip,
     resized_crop,
     to_normalized,
@@ -64,10 +63,10 @@ VAL_BATCH = 256  # images per forward when scoring the held-out split
 
 
 @dataclass
-class SupervisedConfig(MethodConfig):
+class SupervisedConfig(CropConfig):
+    """Values in configs/method/supervised.yaml (cited there); the crop's fields are CropConfig's."""
+
     label_smoothing: float = MISSING
-    crop_scale_min: float = MISSING  # random resized crop scale (crop_scale_min, 1)
-    interpolation: str = MISSING  # bicubic | bilinear: how crops are resampled
     randaugment: str | None = MISSING  # timm's RandAugment config string (rand-m9-mstd0.5-inc1); null = off
     random_erasing: float = MISSING  # chance of erasing one box of an image (timm's RandomErasing); 0 = off
     mixup_alpha: float = MISSING  # Beta(alpha, alpha) of mixup on the batch; 0 = off
@@ -144,8 +143,8 @@ def train_transform(cfg: SupervisedConfig, data: DataInfo) -> Callable:
     """
     size = data.image_size
     if not cfg.randaugment and cfg.random_erasing == 0:
-        return random_crop_flip(data, size, (cfg.crop_scale_min, 1.0), interpolation=cfg.interpolation)
-    ops: list = [resized_crop(size, (cfg.crop_scale_min, 1.0), cfg.interpolation), v2.RandomHorizontalFlip()]
+        return random_crop_flip(data, size, cfg.crop_scale, interpolation=cfg.interpolation)
+    ops: list = [resized_crop(size, cfg.crop_scale, cfg.interpolation), v2.RandomHorizontalFlip()]
     if cfg.randaugment:
         ops.append(TimmRandAugment(cfg.randaugment, size, data.mean, cfg.interpolation))
     ops += to_normalized(data)
@@ -220,9 +219,6 @@ class Supervised(Method):
         cfg = run.method
         if not 0 <= cfg.label_smoothing < 1:
             raise ConfigError(f"method.label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-        if not 0 < cfg.crop_scale_min <= 1:
-            raise ConfigError(f"method.crop_scale_min must be in (0, 1], got {cfg.crop_scale_min}")
-        check_interpolation(cfg.interpolation)
         if not 0 <= cfg.random_erasing <= 1:
             raise ConfigError(f"method.random_erasing must be in [0, 1], got {cfg.random_erasing}")
         if cfg.mixup_alpha < 0 or cfg.cutmix_alpha < 0:
