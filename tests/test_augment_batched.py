@@ -60,7 +60,7 @@ def device_path(aug: Augment, images: torch.Tensor, n: int, seed: int = 1, devic
     assert n % len(images) == 0
     sizes = torch.tensor([images.shape[-2:]] * len(images), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    return aug.batch(images.to(device).float() / 255, sizes, generator, n // len(images)).cpu()
+    return batched.batch_views(aug, images.to(device).float() / 255, sizes, generator, n // len(images)).cpu()
 
 
 def chi2_critical(dof: int) -> float:
@@ -285,7 +285,7 @@ def test_padded_batches_of_several_sizes_never_read_the_padding():
         padded[i, :, :, im.shape[2] :] = 1e6
     aug = ssl_crop(DATA, 8, (0.08, 1.0), blur_p=0.5, solarize_p=0.5)
     for seed in range(20):
-        out = aug.batch(padded, batch[IMAGE_SIZE], torch.Generator().manual_seed(seed))
+        out = batched.batch_views(aug, padded, batch[IMAGE_SIZE], torch.Generator().manual_seed(seed))
         assert float(out.abs().max()) < 10
 
 
@@ -297,7 +297,7 @@ def test_device_stream_is_the_loader_streams_batches_viewed_and_resumes_where_it
             "local": [ssl_crop(DATA, 8, (0.05, 0.25))] * 3,
         }
     )
-    split = views.on_device()
+    split = batched.on_device(views)
     assert split is not None
 
     def stream():
@@ -321,7 +321,7 @@ def test_two_ranks_view_their_halves_of_a_batch_as_one_process_views_the_whole()
     images = scenes()[:8]
     dino_global, dino_local = VIEWS["dino global 1 (bicubic, blur 1.0)"], VIEWS["dino local (8 px)"]
     views = MultiView({"global": [dino_global], "local": [dino_local] * 2})
-    split = views.on_device()
+    split = batched.on_device(views)
     assert split is not None
     batch = collate_images([{"image": im} for im in images])
     where = Position(epoch=1, in_epoch=5)

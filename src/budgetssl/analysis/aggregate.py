@@ -8,7 +8,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from budgetssl.analysis.collapse import collapse_of
+from budgetssl.analysis.verdict import collapse_of
 from budgetssl.record.sections import Record
 
 BASELINE = "random_init"

@@ -6,7 +6,7 @@ normalisation). Called on a sample's image it runs torchvision transforms v2 in 
 images on the training device, with every random parameter drawn per sample (methods/batched.py; what
 `train.augment_on=device` does). A method's view object (SingleView, MultiView, supervised's
 LabelledView, CLIP's CaptionView) names its groups of augmentations and the sample's other fields;
-`on_device()` splits it into the loader's part (the decoded image and those fields) and the device's part.
+`methods/batched.py` `on_device` splits it into the loader's part (the decoded image and those fields) and the device's part.
 """
 
 from __future__ import annotations
@@ -132,16 +132,6 @@ class Augment:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self._per_sample(image)  # type: ignore[attr-defined]
 
-    def batch(
-        self, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator, copies: int = 1
-    ) -> torch.Tensor:
-        """This view of every image of a batch at once: `images` (B, C, H, W) floats in [0, 1] (padded
-        beyond each image's own `sizes` (B, 2) = height, width), parameters drawn from `generator`;
-        `copies` independent views of each, (copies B, C, size, size)."""
-        from budgetssl.methods.batched import Draws, augment_batch
-
-        return augment_batch(self, images, sizes, Draws(generator), copies)
-
 
 def random_crop_flip(
     data: DataInfo,
@@ -204,16 +194,6 @@ class Views:
             made = [t(image) for t in transforms]
             out[name] = torch.stack(made) if self.stacked else made[0]
         return {**out, **fields}
-
-    def on_device(self):  # -> batched.DeviceViews | None
-        """The loader's and the device's parts of these views (methods/batched.py), or None where a
-        transform is not an `Augment` (e.g. timm's RandAugment), which only the loader can run."""
-        from budgetssl.methods.batched import DeviceViews
-
-        groups = self.groups()
-        if not all(isinstance(t, Augment) for ts in groups.values() for t in ts):
-            return None
-        return DeviceViews(self, groups, self.stacked)  # type: ignore[arg-type]
 
 
 class MultiView(Views):

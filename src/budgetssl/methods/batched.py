@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 from budgetssl.data.loader import IMAGE_SIZE
 from budgetssl.data.sampler import mix
-from budgetssl.methods.augment import BLUR_SIGMA, CROP_RATIO, SOLARIZE_THRESHOLD
+from budgetssl.errors import ConfigError
+from budgetssl.methods.augment import BLUR_SIGMA, CROP_RATIO, SOLARIZE_THRESHOLD, Augment, Views
 
 if TYPE_CHECKING:
     from budgetssl.data.loader import Position
-    from budgetssl.methods.augment import Augment, Views
 
 CROP_TRIES = 10  # torchvision's RandomResizedCrop
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -392,6 +392,24 @@ class OnDevice:
             return self.views(moved, self.draws)
 
 
+def on_device(views: Views) -> DeviceViews | None:
+    """The loader's and the device's parts of `views`, or None where a transform is not an `Augment`
+    (e.g. timm's RandAugment), which only the loader can run."""
+    groups = views.groups()
+    if not all(isinstance(t, Augment) for ts in groups.values() for t in ts):
+        return None
+    return DeviceViews(views, groups, views.stacked)  # type: ignore[arg-type]
+
+
+def batch_views(
+    augment: Augment, images: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator, copies: int = 1
+) -> torch.Tensor:
+    """`augment`'s view of every image of a batch at once: `images` (B, C, H, W) floats in [0, 1] (padded
+    beyond each image's own `sizes` (B, 2) = height, width), parameters drawn from `generator`; `copies`
+    independent views of each, (copies B, C, size, size)."""
+    return augment_batch(augment, images, sizes, Draws(generator), copies)
+
+
 def device_views(views: Any, augment_on: str, device: torch.device, workers: int) -> DeviceViews | None:
     """The views split for the device, or None for the loader path, as `train.augment_on` says.
 
@@ -399,12 +417,9 @@ def device_views(views: Any, augment_on: str, device: torch.device, workers: int
     workers make the per-sample views beside the training step, while device views would take the
     step's own cores). device: refused (ConfigError) where a view only runs per sample.
     """
-    from budgetssl.errors import ConfigError
-    from budgetssl.methods.augment import Views
-
     if augment_on == "loader":
         return None
-    split = views.on_device() if isinstance(views, Views) else None
+    split = on_device(views) if isinstance(views, Views) else None
     if augment_on == "device":
         if split is None:
             raise ConfigError(
