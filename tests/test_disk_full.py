@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from budgetssl.record.files import DiskFull, atomic_write
+from budgetssl.files import DiskFull, atomic_write
 from conftest import BIN, TINY, TINY_BUDGET
 
 SIZE = "3m"
@@ -48,7 +48,7 @@ def small_tmpfs(tmp_path) -> Path:
 def test_a_checkpoint_on_a_full_disk_fails_the_run_naming_the_filesystem_and_sizes(tmp_path, small_tmpfs):
     out = tmp_path / "out"
     command = [str(BIN / "budgetssl-pretrain"), *TINY, TINY_BUDGET, f"hydra.run.dir={small_tmpfs}/run"]
-    atomic = f"from pathlib import Path; from budgetssl.record.files import atomic_write; atomic_write(Path('{small_tmpfs}/big.bin'), lambda tmp: tmp.write_bytes(bytes(4_000_000)))"  # noqa: E501
+    atomic = f"from pathlib import Path; from budgetssl.files import atomic_write; atomic_write(Path('{small_tmpfs}/big.bin'), lambda tmp: tmp.write_bytes(bytes(4_000_000)))"  # noqa: E501
     script = (
         f"{shlex.join(command)} > {out}.stdout 2> {out}.stderr; echo $? > {out}.rc; "
         f"cp -r {small_tmpfs}/run {tmp_path}/run; "

@@ -13,9 +13,9 @@ import torch
 
 from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import train
+from budgetssl.files import DiskFull
 from budgetssl.meter import peak
 from budgetssl.meter.budget import StepBudget
-from budgetssl.record.files import DiskFull
 from conftest import METHOD_NAMES
 from test_budget import SETTINGS, Regression, batches
 

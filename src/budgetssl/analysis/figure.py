@@ -25,7 +25,7 @@ from budgetssl.analysis.collapse import is_collapsed, kept, mark  # noqa: E402
 from budgetssl.analysis.fits import LEVEL, Fit  # noqa: E402
 from budgetssl.analysis.frontier import pareto_front  # noqa: E402
 from budgetssl.analysis.noise import Noise  # noqa: E402
-from budgetssl.record.files import atomic_write  # noqa: E402
+from budgetssl.files import atomic_write  # noqa: E402
 
 LABELS = {
     "miou": "mIoU (%)",

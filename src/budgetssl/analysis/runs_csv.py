@@ -14,7 +14,7 @@ from typing import Any
 
 from budgetssl.analysis.collect import Run
 from budgetssl.analysis.table import COLUMNS, sort_key
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 from budgetssl.record.sections import DERIVED
 
 KEPT_WHOLE = ("flops_breakdown", "transfer_flops_breakdown", "hardware_model", "backbone_timm")

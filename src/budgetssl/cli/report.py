@@ -36,7 +36,7 @@ from budgetssl.analysis.table import (
     point_name,
     summary_table,
 )
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 from budgetssl.record.sections import Record
 
 RUNS_CSV = "runs.csv"

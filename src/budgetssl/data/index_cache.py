@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 
 VERSION = 1
 

@@ -27,7 +27,7 @@ import torch
 
 from budgetssl.config.volatile import VOLATILE, covered, without_defaults
 from budgetssl.errors import BudgetSSLError, ConfigError
-from budgetssl.record.files import megabytes, no_space
+from budgetssl.files import megabytes, no_space
 
 FOLDER = "checkpoints"
 FORMAT = 1

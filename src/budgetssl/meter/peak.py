@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from budgetssl.record.files import write_json
+from budgetssl.files import write_json
 
 A100 = "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf)"
 H100 = "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM, H100 PCIe and H100 NVL columns)"

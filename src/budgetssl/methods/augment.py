@@ -6,7 +6,8 @@ normalisation). Called on a sample's image it runs torchvision transforms v2 in 
 images on the training device, with every random parameter drawn per sample (methods/batched.py; what
 `train.augment_on=device` does). A method's view object (SingleView, MultiView, supervised's
 LabelledView, CLIP's CaptionView) names its groups of augmentations and the sample's other fields;
-`methods/batched.py` `on_device` splits it into the loader's part (the decoded image and those fields) and the device's part.
+`methods/batched.py` `on_device` splits it into the loader's part (the decoded image and those fields)
+and the device's part.
 """
 
 from __future__ import annotations

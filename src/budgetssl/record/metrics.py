@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 from budgetssl.record.wandb_log import log_row
 
 

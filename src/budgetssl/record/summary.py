@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import budgetssl
-from budgetssl.record.files import write_json
+from budgetssl.files import write_json
 from budgetssl.record.sections import Record
 
 SUMMARY = "summary.json"

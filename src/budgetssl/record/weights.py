@@ -21,7 +21,7 @@ from torch import nn
 from budgetssl.backbones.backbone import Backbone, build_backbone
 from budgetssl.config.schema import BackboneConfig
 from budgetssl.errors import BudgetSSLError
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 from budgetssl.record.summary import SUMMARY
 
 WEIGHTS = "backbone.safetensors"

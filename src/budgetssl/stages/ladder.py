@@ -41,10 +41,10 @@ from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.resume import branched
 from budgetssl.errors import BudgetSSLError
+from budgetssl.files import atomic_write
 from budgetssl.meter.budget import FlopBudget
 from budgetssl.meter.energy import EnergyReading, EnergyTracker
 from budgetssl.meter.ladder import LadderPlan, branch_step
-from budgetssl.record.files import atomic_write
 from budgetssl.record.identity import identity_of
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Record

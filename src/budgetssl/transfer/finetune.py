@@ -29,8 +29,8 @@ from budgetssl.engine.recipe import Recipe
 from budgetssl.engine.rng import seed_everything
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.errors import ConfigError
+from budgetssl.files import write_json
 from budgetssl.meter.budget import Budget, FlopBudget, StepBudget
-from budgetssl.record.files import write_json
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation

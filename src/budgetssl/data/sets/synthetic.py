@@ -26,7 +26,7 @@ from budgetssl.data.info import DataInfo
 from budgetssl.data.registry import DATASETS
 from budgetssl.data.shapes import SHAPES, Scene, render
 from budgetssl.errors import BudgetSSLError, ConfigError
-from budgetssl.record.files import atomic_write
+from budgetssl.files import atomic_write
 
 # Distinct streams so that no split shares a scene with another.
 SPLITS = {"train": 0, "val": 1, "transfer_train": 2, "transfer_val": 3}
