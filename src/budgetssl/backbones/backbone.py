@@ -9,6 +9,7 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from budgetssl.backbones.registry import FAMILIES
 from budgetssl.config.schema import BackboneConfig
 
 READOUTS = ("pooled", "map", "tokens", "levels")
@@ -64,8 +65,6 @@ class Backbone(nn.Module):
 def build_backbone(cfg: BackboneConfig, image_size: int, drop_path: float = 0.0) -> Backbone:
     """A fresh timm model. `drop_path` (stochastic depth, a pretraining recipe's regulariser) is not
     part of the architecture: it stays out of `timm_spec`, so a transfer rebuilds the model without it."""
-    from budgetssl.backbones.registry import FAMILIES
-
     family = FAMILIES.get(cfg.family)
     kwargs = family.timm_kwargs(cfg, image_size)
     extra = {"drop_path_rate": drop_path} if drop_path > 0 else {}

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="budgetssl-verify", description=__doc__)
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders to check")
     args = parser.parse_args(argv)
+    # Deferred: the checks import torch; `budgetssl-verify --help` and a bad argument answer without it.
     from budgetssl.verify.checks import verify
     from budgetssl.verify.folder import NotARunFolder
 

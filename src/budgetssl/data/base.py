@@ -9,6 +9,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data.info import DataInfo
+from budgetssl.data.registry import DATASETS
 
 Sample = dict[str, Any]
 
@@ -67,6 +68,4 @@ class StreamingDataset(DatasetFields, IterableDataset):
 
 
 def build_dataset(cfg: DatasetConfig, split: str = "train") -> PretrainDataset | StreamingDataset:
-    from budgetssl.data.registry import DATASETS
-
     return DATASETS.get(cfg.name)(cfg, split)

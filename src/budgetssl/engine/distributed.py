@@ -20,7 +20,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from budgetssl.engine.sync_norm import global_batch_norm
 from budgetssl.errors import BudgetSSLError, ConfigError
 
 
@@ -132,6 +134,7 @@ def adopt_submitit_environment() -> None:
     if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
         return
     try:
+        # Deferred: submitit only matters inside a SLURM job; every other start skips its import.
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment()
@@ -217,8 +220,6 @@ def wrap(task: nn.Module, world: World, find_unused: bool) -> nn.Module:
     gradients and are ignored by DDP. `find_unused` is set when the measured first step left some
     trainable parameter without a gradient.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [world.device.index] if world.device.type == "cuda" else None
     return DistributedDataParallel(task, device_ids=ids, find_unused_parameters=find_unused)
 
@@ -230,6 +231,4 @@ def sync_batch_norm(module: nn.Module, world: World) -> nn.Module:
         return module
     if world.device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    from budgetssl.engine.sync_norm import global_batch_norm
-
     return global_batch_norm(module)

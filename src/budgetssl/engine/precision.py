@@ -11,14 +11,13 @@ from contextlib import nullcontext
 
 import torch
 
+from budgetssl.engine.distributed import local_device
 from budgetssl.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
-    from budgetssl.engine.distributed import local_device
-
     local = local_device(name)  # under torchrun: this process's own GPU
     if local is not None:
         return local

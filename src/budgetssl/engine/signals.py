@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -54,8 +55,6 @@ def _submitit_signal() -> signal.Signals | None:
 @contextmanager
 def catch() -> Iterator[None]:
     """Catch the stop signals while the block runs (main thread only), then put the old handlers back."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

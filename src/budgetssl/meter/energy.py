@@ -55,6 +55,7 @@ class EnergyTracker:
     def __enter__(self) -> EnergyTracker:
         if not self.cfg.track:
             return self
+        # Deferred: codecarbon (and its hardware probes) load only when energy is tracked.
         from codecarbon import OfflineEmissionsTracker
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)  # after import: codecarbon sets its own
@@ -74,6 +75,7 @@ class EnergyTracker:
     def __exit__(self, *exc: object) -> None:
         if self.tracker is None:
             return
+        # Deferred: codecarbon (and its hardware probes) load only when energy is tracked.
         import codecarbon
 
         co2 = self.tracker.stop()

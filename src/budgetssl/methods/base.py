@@ -13,6 +13,7 @@ from budgetssl.config.schema import MethodConfig
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput, Task
 from budgetssl.methods.ema import EmaTeacher
+from budgetssl.methods.registry import METHODS
 
 if TYPE_CHECKING:
     from budgetssl.config.check import RunConfig
@@ -97,8 +98,6 @@ class Method(Task):
 
 
 def build_method(cfg: MethodConfig, backbone: Backbone, data: DataInfo) -> Method:
-    from budgetssl.methods.registry import METHODS
-
     method = METHODS.get(cfg.name)(cfg, backbone, data)
     for name in method.forward_only:
         getattr(method, name).requires_grad_(False)

@@ -33,6 +33,7 @@ def wandb_run(cfg: WandbConfig, folder: Path, name: str, config: dict[str, Any])
     if cfg.mode == "disabled":
         yield None
         return
+    # Deferred: importing wandb takes seconds; a run with wandb disabled never pays it.
     import wandb
 
     try:

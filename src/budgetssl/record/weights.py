@@ -16,9 +16,11 @@ import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from budgetssl.backbones.backbone import Backbone, build_backbone
+from budgetssl.backbones.registry import FAMILIES
 from budgetssl.config.schema import BackboneConfig
 from budgetssl.errors import BudgetSSLError
 from budgetssl.files import atomic_write
@@ -104,8 +106,6 @@ def load_backbone(source: Path, image_size: int, fallback: BackboneConfig | None
 
     Files written by budgetssl name their architecture; a bare state dict is loaded into `fallback`.
     """
-    from budgetssl.backbones.registry import FAMILIES
-
     path = weights_file(source)
     state, meta = read_weights(path)
     if "timm_name" in meta:
@@ -140,8 +140,6 @@ def load_strictly(
     pos = state.get("pos_embed")
     if pos is not None and "pos_embed" in own and pos.ndim == 3 and pos.shape != own["pos_embed"].shape:
         if pos.shape[-1] == own["pos_embed"].shape[-1]:
-            from timm.layers import resample_abs_pos_embed
-
             state = {
                 **state,
                 "pos_embed": resample_abs_pos_embed(

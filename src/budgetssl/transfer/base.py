@@ -16,6 +16,7 @@ from budgetssl.config.schema import TransferConfig
 from budgetssl.data.info import SegInfo
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.heads import head_class
+from budgetssl.transfer.registry import TRANSFERS
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,4 @@ def _require(ok: bool, message: str) -> None:
 
 
 def build_segmentation(cfg: TransferConfig, split: str) -> SegmentationDataset:
-    from budgetssl.transfer.registry import TRANSFERS
-
     return TRANSFERS.get(cfg.name)(cfg, split)

@@ -3,14 +3,13 @@ saved the file) and against the cost its own metadata carries (record/weights.py
 
 from __future__ import annotations
 
+from budgetssl.record.weights import file_sha256, provenance
 from budgetssl.verify.accounting import pretrained_here
 from budgetssl.verify.folder import RunFolder
 from budgetssl.verify.result import Check, fail, first_failure, skip
 
 
 def check_weights(folder: RunFolder) -> Check:
-    from budgetssl.record.weights import file_sha256, provenance
-
     if (why := pretrained_here(folder)) is not None:
         return skip("weights", why)
     record = folder.record

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from budgetssl.config.volatile import AT_DEFAULT
 from budgetssl.errors import BudgetSSLError
+from budgetssl.plugins import check_config
 from budgetssl.record.sections import Record
 from budgetssl.record.summary import SUMMARY
 
@@ -42,8 +43,6 @@ class RunFolder:
     def run_config(self) -> Any:
         """The saved config, typed and checked (a RunConfig); keys added since it was written read as the
         value that trains as before them (config/volatile.py AT_DEFAULT), as a checkpoint's do."""
-        from budgetssl.plugins import check_config
-
         config = self.config.copy()
         absent = object()
         for key, value in AT_DEFAULT.items():

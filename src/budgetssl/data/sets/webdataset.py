@@ -180,6 +180,7 @@ class WebDataset(StreamingDataset):
     def stream(self, seed: int, epoch: int, skipped: Callable[[int], None] = ignore) -> Iterator[Sample]:
         """This rank's and worker's share of one pass, mixed in the buffer while still encoded (a
         buffer of decoded images would hold hundreds of megabytes), then decoded once each."""
+        # Deferred: webdataset's readers load only in the workers that stream shards.
         from webdataset.tariterators import tarfile_samples
 
         rank, world = rank_and_world()

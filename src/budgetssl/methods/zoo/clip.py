@@ -23,6 +23,7 @@ from torch import nn
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.data.info import DataInfo
+from budgetssl.data.registry import DATASETS
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
@@ -84,8 +85,6 @@ class CLIP(Method):
 
     @classmethod
     def check(cls, run: RunConfig) -> None:
-        from budgetssl.data.registry import DATASETS
-
         cfg = run.method
         if cfg.captions not in CAPTION_SOURCES:
             raise ConfigError(f"method.captions must be one of {CAPTION_SOURCES}, got '{cfg.captions}'")
