@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: budgetssl-flops [OVERRIDE ...]  (e.g. backbone=vit_base dataset.image_size=224)")
         return
     try:
-        from budgetssl.verify.flops import count
+        from budgetssl.verify.flops import count  # imports torch: `--help` answers without it
 
         result = count(check_config(compose_config(args)))
     except BudgetSSLError as e:
