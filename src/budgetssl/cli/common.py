@@ -70,7 +70,7 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
             print(f"{command}: {e}", file=sys.stderr)
             return EXIT_BUSY
         except signals.Interrupted as e:
-            ended(outcome, e, _relative(e.checkpoint, folder))
+            ended(outcome, e, folder)
             print(f"{command}: {e}", file=sys.stderr)
             code = signals.EXIT_INTERRUPTED
         except BudgetSSLError as e:
@@ -96,16 +96,6 @@ def execute(cfg: DictConfig, folder: Path, stage: Stage, command: str) -> int:
         if code == signals.EXIT_INTERRUPTED:
             signals.hand_over()  # e.g. submitit's checkpoint-and-requeue, where it was installed
     return code
-
-
-def _relative(path: str | None, folder: Path) -> str | None:
-    """A file of the run folder as a path inside it, so the record stays true when the folder moves."""
-    if path is None:
-        return None
-    try:
-        return str(Path(path).relative_to(folder))
-    except ValueError:
-        return path
 
 
 def _shared_folder(folder: Path, world: distributed.World) -> Path:

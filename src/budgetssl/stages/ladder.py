@@ -150,7 +150,7 @@ class Trunk:
             record = self.branch(i, run, folder, checkpoints, branched_already, then)
         except BaseException as e:
             if world.is_main:
-                failed = Record(identity=identity_of(run), outcome=ended(outcome, e, _inside(e, folder)))
+                failed = Record(identity=identity_of(run), outcome=ended(outcome, e, folder))
                 write_summary(folder, finished(failed, start))
             raise
         if world.is_main:
@@ -250,17 +250,6 @@ def handoff(
     atomic_write(folder / METRICS, lambda tmp: tmp.write_text("".join(rows)))
     rung.save(branched(found[1], FlopBudget(run.budget.flops).plan(flops_per_step)))
     rung.wait()
-
-
-def _inside(error: BaseException, folder: Path) -> str | None:
-    """An interruption's checkpoint as a path inside the rung's folder (None for other errors)."""
-    path = getattr(error, "checkpoint", None)
-    if path is None:
-        return None
-    try:
-        return str(Path(path).relative_to(folder))
-    except ValueError:
-        return str(path)
 
 
 def trunk_energy(readings: list[EnergyReading]) -> EnergyReading:
