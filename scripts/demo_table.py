@@ -30,8 +30,7 @@ def main(root: Path) -> None:
     by_metric = {}
     for metric in METRICS:
         found = aggregate(records, "total_flops", metric)
-        judged = collapse.judged(found)
-        by_metric[metric] = learning.mark_unlearned(found, noise_of(judged.points + judged.baselines))
+        by_metric[metric] = learning.mark_unlearned(found, noise_of(collapse.pooled(found)))
     first = by_metric["miou"]
     order = sorted({(p.method, p.budget) for p in first.points}, key=lambda k: (-_best(first, k[0]), k[1]))
     header = ["method", "budget", *METRICS.values(), "collapsed (seeds: rule)", "did not learn"]

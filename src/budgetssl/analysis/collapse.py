@@ -49,6 +49,12 @@ def kept(
     ]  # fmt: skip
 
 
+def pooled(found: Aggregate, include_collapsed: bool = False) -> list[Point]:
+    """The points whose seeds the ties' noise pools: those the verdicts use (baselines included)."""
+    kept_ = judged(found, include_collapsed)
+    return kept_.points + kept_.baselines
+
+
 def judged(found: Aggregate, include_collapsed: bool = False, include_unlearned: bool = False) -> Aggregate:
     """The aggregate every verdict reads (front, best per budget, crossings, fits, the ties' noise)."""
     return dataclasses.replace(

@@ -74,7 +74,7 @@ def figures(
         (by_flops, f"{metric}_vs_flops", curves or []),
         (aggregate(records, co2, metric), f"{metric}_vs_co2", []),
     ):
-        noise = noise_of(_pooled(found, include_collapsed))
+        noise = noise_of(collapse.pooled(found, include_collapsed))
         found = learning.mark_unlearned(found, noise)
         try:
             written.append(plot_points(found, out / f"{name}.png", noise=noise, curves=drawn,
@@ -87,12 +87,6 @@ def figures(
         except ValueError as e:
             print(f"budgetssl-report: no {name} figure: {e}", file=sys.stderr)
     return written
-
-
-def _pooled(found: Aggregate, include_collapsed: bool) -> list:
-    """The points whose seeds the ties' noise pools: those the verdicts use."""
-    judged = collapse.judged(found, include_collapsed)
-    return judged.points + judged.baselines
 
 
 def findings(
@@ -108,7 +102,7 @@ def findings(
     without the collapsed points unless `include_collapsed` (analysis/collapse.py states the rule) and
     without the points of methods that did not learn unless `include_unlearned` (analysis/learning.py)."""
     label = METRICS[found.y]
-    noise = noise_of(_pooled(found, include_collapsed))
+    noise = noise_of(collapse.pooled(found, include_collapsed))
     found = learning.mark_unlearned(found, noise)
     judged = collapse.judged(found, include_collapsed, include_unlearned)
     lines = ["## Findings", ""]
@@ -190,7 +184,7 @@ def scaling_fits(
         return [], []
     largest = max(p.budget for p in found.points) or max(float(p.x or 0) for p in found.points)
     at = predict_at if predict_at is not None else 10 * largest
-    found = learning.mark_unlearned(found, noise_of(_pooled(found, include_collapsed)))
+    found = learning.mark_unlearned(found, noise_of(collapse.pooled(found, include_collapsed)))
     judged = collapse.judged(found, include_collapsed, include_unlearned)
     fits = fit_all(judged.points)
     out = [p for p in found.points if p not in judged.points]
