@@ -22,8 +22,12 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(WORLD * PER_RANK, DIM, generator=g), torch.randn(WORLD * PER_RANK, DIM, generator=g)
 
 
-def losses(a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {"nt_xent": nt_xent(a, b, 0.2), "clip": clip_loss(a, b, torch.tensor(math.log(1 / 0.07)))}
+# Each loss that reads the global batch, on two (N, d) inputs (two views' embeddings, or images' and
+# captions'). A method whose loss needs statistics across ranks adds its entry here.
+LOSSES = {
+    "nt_xent": lambda a, b: nt_xent(a, b, 0.2),
+    "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
+}
 
 
 def worker(rank: int, port: int, folder: str) -> None:
@@ -32,9 +36,9 @@ def worker(rank: int, port: int, folder: str) -> None:
     try:
         a, b = (x[rank * PER_RANK : (rank + 1) * PER_RANK] for x in inputs())
         out = {}
-        for name in ("nt_xent", "clip"):
+        for name, loss_of in LOSSES.items():
             la, lb = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-            loss = losses(la, lb)[name]
+            loss = loss_of(la, lb)
             loss.backward()
             out[name] = (loss.detach(), la.grad, lb.grad)
         torch.save(out, f"{folder}/rank{rank}.pt")
@@ -57,10 +61,10 @@ def ranks(tmp_path_factory) -> list[dict]:
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "clip"])
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_loss_across_ranks_equals_the_single_process_loss_and_gradients(ranks, name):
     a, b = (x.clone().requires_grad_(True) for x in inputs())
-    whole = losses(a, b)[name]
+    whole = LOSSES[name](a, b)
     whole.backward()
     # DDP averages gradients over ranks: the mean of the ranks' losses and gradients is what counts.
     assert float(sum(r[name][0] for r in ranks) / WORLD) == pytest.approx(float(whole.detach()), rel=1e-5)
