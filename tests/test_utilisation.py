@@ -55,15 +55,16 @@ def test_the_cpu_peak_is_measured_once_per_machine_and_threads(tmp_path, monkeyp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
 
-    def measure(dtype, threads, n=peak.CPU_MATRIX):
+    def measure(dtype, threads, largest=peak.CPU_MATRIX):
         calls.append((dtype, threads))
-        return 5e10
+        return 5e10, 1024
 
     monkeypatch.setattr(peak, "measure_cpu", measure)
     first = peak.device_peak(torch.device("cpu"), "fp32")
     again = peak.device_peak(torch.device("cpu"), "fp32")
     assert first.flops_per_s == again.flops_per_s == 5e10
     assert len(calls) == 1 and "cached" in again.source and "cached" not in first.source
+    assert "1024x1024 fp32" in first.source  # the size measured
     assert peak.cpu_model() in again.source
     (key,) = json.loads((tmp_path / "budgetssl" / "peak_flops.json").read_text())
     assert peak.cpu_model() in key and torch.__version__ in key
@@ -73,8 +74,17 @@ def test_the_cpu_peak_is_measured_once_per_machine_and_threads(tmp_path, monkeyp
 
 
 def test_a_real_cpu_measurement_is_a_plausible_rate():
-    flops = peak.measure_cpu("fp32", 1, n=256)
-    assert 1e8 < flops < 1e13
+    flops, n = peak.measure_cpu("fp32", 1, largest=256)
+    assert 1e8 < flops < 1e13 and n == 256
+
+
+def test_the_measured_product_grows_until_it_takes_long_enough(monkeypatch):
+    """A CPU that emulates bf16 is measured on a smaller product than one with bf16 units, instead of
+    spending a minute on a 2048 product; a fast product grows to the largest size."""
+    monkeypatch.setattr(peak, "CPU_LONG_ENOUGH_S", 0.0)
+    assert peak.measure_cpu("fp32", 1, largest=1024)[1] == peak.CPU_START
+    monkeypatch.setattr(peak, "CPU_LONG_ENOUGH_S", float("inf"))
+    assert peak.measure_cpu("fp32", 1, largest=1024)[1] == 1024
 
 
 class Slow:

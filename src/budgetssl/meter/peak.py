@@ -49,7 +49,12 @@ PEAKS: dict[str, tuple[str, str, dict[str, float]]] = {
     }),
 }  # fmt: skip
 
-CPU_MATRIX = 2048  # the measured product: (n x n) @ (n x n), 2 n^3 FLOPs
+CPU_MATRIX = 2048  # the largest measured product: (n x n) @ (n x n), 2 n^3 FLOPs
+CPU_START = 256  # the first size tried; doubled until one product takes CPU_LONG_ENOUGH_S
+# Chosen: long enough that timer and call overhead are under 1% of the product. A CPU without bf16
+# units emulates bf16 products: one 2048 product took 50 s on this project's 2-core CI machine, so the
+# size stops growing once a product is long enough rather than always being 2048.
+CPU_LONG_ENOUGH_S = 0.1
 CPU_REPEATS = 3  # after one warm-up; the fastest counts
 
 
@@ -94,21 +99,28 @@ def cache_file() -> Path:
     return Path(base).expanduser() / "budgetssl" / "peak_flops.json"
 
 
-def measure_cpu(dtype: str, threads: int, n: int = CPU_MATRIX) -> float:
-    """FLOP/s of the fastest of a few (n x n) matrix products on `threads` threads."""
+def measure_cpu(dtype: str, threads: int, largest: int = CPU_MATRIX) -> tuple[float, int]:
+    """FLOP/s of the fastest of a few (n x n) matrix products on `threads` threads, and the n measured:
+    n doubles from CPU_START until one product takes CPU_LONG_ENOUGH_S, up to `largest`."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         kind = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
         g = torch.Generator().manual_seed(0)
-        a, b = (torch.randn(n, n, generator=g).to(kind) for _ in range(2))
-        torch.mm(a, b)  # warm-up
+        n = min(CPU_START, largest)
+        while True:
+            a, b = (torch.randn(n, n, generator=g).to(kind) for _ in range(2))
+            start = time.perf_counter()
+            torch.mm(a, b)  # warm-up, and how long one product takes at this size
+            if time.perf_counter() - start >= CPU_LONG_ENOUGH_S or 2 * n > largest:
+                break
+            n *= 2
         best = float("inf")
         for _ in range(CPU_REPEATS):
             start = time.perf_counter()
             torch.mm(a, b)
             best = min(best, time.perf_counter() - start)
-        return 2 * n**3 / best
+        return 2 * n**3 / best, n
     finally:
         torch.set_num_threads(previous)
 
@@ -122,15 +134,15 @@ def cpu_peak(dtype: str, threads: int) -> Peak:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    how = f"{CPU_MATRIX}x{CPU_MATRIX} {dtype} matrix product on {threads} thread(s) of {model}"
+    how = f"{dtype} matrix products on {threads} thread(s) of {model}"
     if isinstance(cached.get(key), (int, float)):
         return Peak(float(cached[key]), f"measured ({how}; cached in {path})")
-    flops = measure_cpu(dtype, threads)
+    flops, n = measure_cpu(dtype, threads)
     try:
         write_json(path, {**cached, key: flops})
     except OSError:
         pass  # a read-only cache: measured again next time
-    return Peak(flops, f"measured ({how})")
+    return Peak(flops, f"measured ({n}x{n} {how})")
 
 
 def device_peak(device: torch.device, precision: str, override: float | None = None) -> Peak:
