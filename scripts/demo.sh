@@ -7,17 +7,21 @@
 # score of the frozen backbone (report_knn_accuracy.md, report_linear_accuracy.md and their figures), into
 # the same folder. A metric no record has fails the demo (budgetssl-report exits 1, set -e).
 # results/demo/ is rebuilt from scratch on every run.
+#
+# `bash scripts/demo.sh zoo` (make zoo) runs configs/experiment/zoo.yaml the same way: every registered
+# method on the demo's protocol, into results/zoo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=results/demo
+experiment=${1:-demo}
+out=results/$experiment
 rm -rf "$out"
 start=$(date +%s)
 # Two runs share the two cores: one thread each.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-budgetssl-run --multirun +experiment=demo </dev/null
+budgetssl-run --multirun "+experiment=$experiment" </dev/null
 # Random init, the sweep's seeds (its methods dropped: nothing is pretrained), two at a time.
-budgetssl-transfer --multirun +experiment=demo '~hydra.sweeper.params.method' \
+budgetssl-transfer --multirun "+experiment=$experiment" '~hydra.sweeper.params.method' \
   "hydra.sweep.dir=$out/runs/random_init" 'hydra.sweep.subdir=seed_${seed}' </dev/null
 budgetssl-report "$out/runs" --out "$out"
 budgetssl-report "$out/runs" --out "$out" --metric probe_miou
@@ -25,7 +29,7 @@ budgetssl-report "$out/runs" --out "$out" --metric knn_accuracy
 budgetssl-report "$out/runs" --out "$out" --metric linear_accuracy
 
 echo
-echo "demo: finished in $(( $(date +%s) - start )) s"
-echo "demo: run records in $out/runs/*/summary.json"
-echo "demo: report in $out/report.md (fine-tuned), $out/report_probe_miou.md (frozen, linear probe),"
+echo "$experiment: finished in $(( $(date +%s) - start )) s"
+echo "$experiment: run records in $out/runs/*/summary.json"
+echo "$experiment: report in $out/report.md (fine-tuned), $out/report_probe_miou.md (frozen, linear probe),"
 echo "      $out/report_knn_accuracy.md and $out/report_linear_accuracy.md (frozen, classification)"

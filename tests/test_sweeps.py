@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from budgetssl.cli.common import execute
 from budgetssl.config.compose import compose_config
 from budgetssl.config.paths import config_dir
 from budgetssl.stages.commands import pretrain_only
-from conftest import TINY, cli, summary
+from conftest import METHOD_NAMES, TINY, cli, summary
 
 # One run fails at once (a budget below one step), one completes.
 SWEEP = [*TINY, "budget.flops=1e5,5e9"]
@@ -67,9 +68,13 @@ def test_the_submitit_launcher_runs_a_sweep_locally(tmp_path):
     assert list((tmp_path / "results" / "runs" / ".submitit").glob("*/*_log.out"))  # submitit's own job logs
 
 
-def compose_study(*overrides: str):
+def compose_experiment(name: str, *overrides: str):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=["+experiment=study", *overrides], return_hydra_config=True)
+        return compose("config", overrides=[f"+experiment={name}", *overrides], return_hydra_config=True)
+
+
+def compose_study(*overrides: str):
+    return compose_experiment("study", *overrides)
 
 
 def test_the_study_grid_is_one_command_for_slurm():
@@ -84,10 +89,24 @@ def test_the_study_grid_is_one_command_for_slurm():
     params = cfg.hydra.sweeper.params
     grid = list(itertools.product(*(str(v).split(",") for v in params.values())))
     assert len(grid) == 6 * 2 * 5 * 5
-    assert set(str(params.method).split(",")) == {"supervised", "clip", "mae", "dino", "byol", "simclr"}
+    assert set(str(params.method).split(",")) == STUDY_SIX
     assert set(str(params.backbone).split(",")) == {"vit_base", "vit_large"}
     assert set(str(params.dataset).split(",")) == {"imagenet1k", "imagenet21k", "coco", "jft300m", "align"}
     assert cfg.transfer.name == "ade20k" and cfg.dataset.image_size == 224
+
+
+STUDY_SIX = {"supervised", "clip", "mae", "dino", "byol", "simclr"}
+
+
+def test_the_demo_sweeps_the_studys_six_and_the_zoo_every_registered_method():
+    """What Hydra's sweeper is built with (instantiate resolves `${methods:cpu}`, as at launch)."""
+    demo = instantiate(compose_experiment("demo").hydra.sweeper)
+    assert set(demo.params["method"].split(",")) == {f"cpu/{m}" for m in STUDY_SIX}
+    zoo_cfg = compose_experiment("zoo")
+    zoo = instantiate(zoo_cfg.hydra.sweeper)
+    assert zoo.params["method"].split(",") == [f"cpu/{m}" for m in METHOD_NAMES]
+    assert zoo.params["seed"] == demo.params["seed"] and zoo_cfg.budget.ladder == [2.5e11, 5e11, 1e12]
+    assert zoo_cfg.hydra.sweep.dir == "results/zoo/runs"
 
 
 def test_wandb_logs_offline_into_the_run_folder_and_keeps_no_credentials(tmp_path):
