@@ -95,3 +95,24 @@ def test_supervised_step_counts_every_pass():
     assert result["flops_per_step"] == sum(p["total"] for p in b.values())
     assert b["backward"]["total"] == pytest.approx(2 * b["forward"]["total"], rel=0.02)
     assert result["planned_steps"] == int(result["budget_flops"] // result["flops_per_step"])
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_a_grouped_convolutions_backward_counts_each_group_once(groups):
+    """Forward, input gradient and weight gradient of a convolution each cost 2 x N x H x W x C_out x
+    (C_in / groups) x k^2 (fma = 2; stride 1, same padding); torch 2.14's rule books the weight gradient
+    `groups` times (meter/convolution.py). With groups = 1 the count is torch's own."""
+    n, c, size, k = 2, 8, 6, 3
+    conv = torch.nn.Conv2d(c, c, k, padding=1, groups=groups, bias=False)
+    x = torch.randn(n, c, size, size, requires_grad=True)
+    one = 2 * n * size * size * c * (c // groups) * k * k
+    counter = PassCounter()
+    with counter.count("forward"):
+        out = conv(x)
+    with counter.count("backward"):
+        out.sum().backward()
+    assert counter.passes["forward"]["total"] == one
+    assert counter.passes["backward"]["total"] == 2 * one  # input and weight gradients
+    with FlopCounterMode(display=False) as torch_rules:
+        conv(x).sum().backward()
+    assert torch_rules.get_total_flops() == 3 * one + (groups - 1) * one  # the overcount, fixed here

@@ -23,8 +23,7 @@ from budgetssl.engine.schedule import Clock
 from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer, channels_last, optimizer_impl, slides_convolutions, to_device
-from budgetssl.meter.attention import attention_rules
-from budgetssl.meter.counter import PassCounter
+from budgetssl.meter.counter import PassCounter, custom_rules
 from budgetssl.stages.pretrain import build
 from budgetssl.transfer.heads import Segmenter
 from conftest import (
@@ -50,7 +49,7 @@ def bmm(b: int, h: int, s: int, d: int) -> int:
 
 
 def count(fn) -> int:
-    with FlopCounterMode(display=False, custom_mapping=attention_rules()) as fc:
+    with FlopCounterMode(display=False, custom_mapping=custom_rules()) as fc:
         fn()
     return int(fc.get_total_flops())
 

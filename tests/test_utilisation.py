@@ -152,15 +152,14 @@ def test_the_meter_counts_what_flop_counter_mode_counts_pass_by_pass_and_part_by
     from torch.utils.flop_counter import FlopCounterMode
 
     from budgetssl.engine.trainer import Trainer, to_device
-    from budgetssl.meter.attention import attention_rules
-    from budgetssl.meter.counter import PassCounter
+    from budgetssl.meter.counter import PassCounter, custom_rules
     from budgetssl.stages.pretrain import build, loop_settings
     from conftest import TINY, run_config, small
 
     class Reference(PassCounter):
         @contextmanager
         def count(self, name, root=None):
-            with FlopCounterMode(display=False, custom_mapping=attention_rules()) as fc:
+            with FlopCounterMode(display=False, custom_mapping=custom_rules()) as fc:
                 yield
             entry = {"total": int(fc.get_total_flops())}
             prefix = type(root).__name__ + "." if root is not None else None

@@ -26,6 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, shape_wrapper
 
 from budgetssl.meter.attention import attention_rules
+from budgetssl.meter.convolution import convolution_rules
 
 aten = torch.ops.aten
 # Queries FlopCounterMode leaves to the tensor (NotImplemented): sizes and strides, never counted.
@@ -42,12 +43,16 @@ COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 PLANS: dict[Any, tuple[bool, bool, Callable[..., int] | None]] = {}  # by op, filled as ops are first seen
 
 
+def custom_rules() -> dict[Any, Callable[..., int]]:
+    """Our rules over torch's (FlopCounterMode's `custom_mapping`): attention at its algorithmic cost on
+    every kernel (meter/attention.py), a grouped convolution's backward per group (meter/convolution.py)."""
+    return {**attention_rules(), **convolution_rules()}
+
+
 @functools.cache
 def rules() -> dict[Any, Callable[..., int]]:
-    """FlopCounterMode's registry with our attention rules, wrapped the way FlopCounterMode wraps them."""
-    custom = {
-        k: v if getattr(v, "_get_raw", False) else shape_wrapper(v) for k, v in attention_rules().items()
-    }
+    """FlopCounterMode's registry with our rules, wrapped the way FlopCounterMode wraps them."""
+    custom = {k: v if getattr(v, "_get_raw", False) else shape_wrapper(v) for k, v in custom_rules().items()}
     return {**flop_registry, **custom}
 
 
@@ -120,7 +125,8 @@ class Counting(TorchDispatchMode):
 CONVENTION = "fma=2"
 CONVENTION_DETAIL = (
     "one multiply-add = 2 FLOPs; matmuls, convolutions and attention counted by the rules of torch's "
-    "FlopCounterMode (attention at its unfused algorithmic cost on every device); element-wise ops count 0"
+    "FlopCounterMode (attention at its unfused algorithmic cost on every device; a grouped convolution's "
+    "weight gradient once per group); element-wise ops count 0"
 )
 
 
