@@ -23,7 +23,7 @@ from budgetssl.methods.zoo.data2vec2 import data2vec2_loss, inverse_block_mask, 
 from budgetssl.stages.pretrain import build
 from conftest import run_config, small
 from real_step import measure
-from test_method_flops import NANO, ViT, linear
+from test_method_flops import NANO, linear
 
 TINY = ["dataset.image_size=16", "dataset.num_train=16", "energy.track=false", "train.num_workers=0"]
 
