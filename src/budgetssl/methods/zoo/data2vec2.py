@@ -116,15 +116,18 @@ def make_targets(layers: list[torch.Tensor], top_k: int) -> torch.Tensor:
 def data2vec2_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
+    masked: torch.Tensor,
     cls_pred: torch.Tensor,
     cls_target: torch.Tensor,
     cls_weight: float,
 ) -> torch.Tensor:
-    """[d2v] d2v_loss (L2, loss_scale 1/sqrt(C)) over masked tokens (n, C), averaged over them as the
-    trainer divides by sample_size, plus `cls_weight` times the same per-copy class-token loss (m, C)
-    averaged over copies. Targets get no gradient."""
+    """[d2v] d2v_loss (L2, loss_scale 1/sqrt(C)) on the masked tokens (`masked` (m, L) 1 where masked, of
+    pred and target (m, L, C)), averaged over them as the trainer divides by sample_size, plus `cls_weight`
+    times the same per-copy class-token loss (m, C) averaged over copies. Targets get no gradient. The mask
+    weights the tokens rather than selecting them, so the count stays data-independent (meta tensors)."""
     scale = 1.0 / math.sqrt(pred.shape[-1])
-    regression = ((pred.float() - target.detach()) ** 2).sum(-1).mean() * scale
+    per_token = ((pred.float() - target.detach()) ** 2).sum(-1)
+    regression = (per_token * masked).sum() / masked.sum() * scale
     if cls_weight == 0:
         return regression
     cls = ((cls_pred.float() - cls_target.detach()) ** 2).sum(-1).mean() * scale
@@ -195,14 +198,9 @@ def init_encoder(backbone: Backbone, grid: int) -> None:
     pos.requires_grad_(False)
 
 
-def check_sizes(cfg: Data2Vec2Config, depth: int, width: int, prefix: int) -> None:
-    """What the config can only be checked against once the backbone is built: its depth, width and
-    class token."""
-    if not 1 <= cfg.average_top_k_layers <= depth:
-        raise ConfigError(
-            f"method.average_top_k_layers={cfg.average_top_k_layers} must be between 1 and the backbone's "
-            f"{depth} blocks (the reference averages the top 10 of ViT-B's 12)"
-        )
+def check_sizes(cfg: Data2Vec2Config, width: int, prefix: int) -> None:
+    """What the config can only be checked against once the backbone is built: its width and class token
+    (an average_top_k_layers above the depth averages every block: the reference's 10 on a smaller ViT)."""
     if (
         cfg.decoder_layers < 1
         or cfg.decoder_groups < 1
@@ -229,7 +227,7 @@ class Data2Vec2(Method):
         super().__init__(cfg, backbone, data)
         self.grid = data.image_size // backbone.patch_size
         self.prefix = backbone.num_prefix_tokens
-        check_sizes(cfg, len(backbone.model.blocks), backbone.num_features, self.prefix)
+        check_sizes(cfg, backbone.num_features, self.prefix)
         init_encoder(backbone, self.grid)
         self.decoder = ConvDecoder(cfg, backbone.num_features, self.grid)
         self.teacher = LayerTeacher.of({"backbone": backbone}, cfg)
@@ -254,6 +252,11 @@ class Data2Vec2(Method):
             raise ConfigError(
                 f"method.mask_length must be >= 1 and method.mask_prob_adjust >= 0 (got {cfg.mask_length}, "
                 f"{cfg.mask_prob_adjust}; the reference is 3 and 0.07)"
+            )
+        if cfg.average_top_k_layers < 1:
+            raise ConfigError(
+                f"method.average_top_k_layers={cfg.average_top_k_layers} must be >= 1 (the reference "
+                "averages the top 10 of ViT-B's 12 blocks; a value above the depth averages them all)"
             )
         if cfg.clone_batch < 1:
             raise ConfigError(
@@ -298,13 +301,12 @@ class Data2Vec2(Method):
         visible = tokens[:, self.prefix :]
         full = noise.scatter(1, keep.unsqueeze(-1).expand(-1, -1, visible.shape[-1]), visible)
         pred = self.decoder(full)
-        masked = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
-        masked.scatter_(1, keep, False)
+        masked = torch.ones(pred.shape[:2], device=pred.device).scatter_(1, keep, 0.0)
         layers = [layer[:, self.prefix :] for layer in self.teacher(images)]
         target = make_targets(layers, self.cfg.average_top_k_layers)  # (B, L, C)
         cls_target = target.mean(dim=1).repeat_interleave(copies, 0)
         target = target.repeat_interleave(copies, 0)
-        return data2vec2_loss(pred[masked], target[masked], tokens[:, 0], cls_target, self.cfg.cls_weight)
+        return data2vec2_loss(pred, target, masked, tokens[:, 0], cls_target, self.cfg.cls_weight)
 
     def on_step_end(self, clock: Clock) -> dict[str, float]:
         self.teacher.update({"backbone": self.backbone})
