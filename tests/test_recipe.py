@@ -285,8 +285,11 @@ def test_an_unknown_rule_is_refused():
     [
         (["method.momentum_rule=fast"], "method.momentum_rule must be one of published, floor, budget_aware"),
         (
-            ["method.momentum_rule=floor", "method.momentum_floor=0.999"],
-            "method.momentum_floor=0.999 is above",
+            [
+                "method.momentum_rule=floor",
+                "method.momentum_floor=1.0",
+            ],  # above every start (data2vec2: 0.9998)
+            "method.momentum_floor=1.0 is above",
         ),
         (["method.momentum_floor=1.5"], r"method.momentum_floor must be in \[0, 1\]"),
         (["method.base_momentum=-0.1"], r"method.base_momentum must be in \[0, 1\]"),

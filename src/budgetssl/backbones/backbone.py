@@ -12,7 +12,7 @@ from torch import nn
 from budgetssl.backbones.registry import FAMILIES
 from budgetssl.config.schema import BackboneConfig
 
-READOUTS = ("pooled", "map", "tokens", "levels")
+READOUTS = ("pooled", "map", "tokens", "levels", "ffn")
 LEVELS = 4  # feature maps a multi-level head reads
 
 
@@ -34,12 +34,16 @@ class Backbone(nn.Module):
     def forward(
         self, x: torch.Tensor, readout: str = "pooled", keep: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w), `tokens` (B, N, D) or `levels`
-        (a list of LEVELS feature maps from several depths, shallow to deep, for multi-level heads).
+        """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w), `tokens` (B, N, D), `levels`
+        (a list of LEVELS feature maps from several depths, shallow to deep, for multi-level heads) or
+        `ffn` (ViTs: each block's feed-forward output before its residual connection, a list of depth
+        (B, N, D) tensors, data2vec's layer targets).
 
         `keep` (B, n) lists the patch tokens to encode (masked image modelling: the encoder sees only
-        those, so it costs what it runs). Every read-out goes through this call so that the FLOP
-        meter books it under the backbone.
+        those, so it costs what it runs); `keep` (k B, n) encodes k masked copies of each image, rows
+        b k .. b k + k - 1 copies of image b (data2vec 2.0's multi-masking), the patch embedding run
+        once per image. Every read-out goes through this call so that the FLOP meter books it under the
+        backbone.
         """
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
@@ -56,6 +60,9 @@ class Backbone(nn.Module):
 
     def _levels(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def _ffn(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
+        raise NotImplementedError(f"the {self.family} family has no per-block feed-forward read-out")
 
     def timm_spec(self) -> dict[str, Any]:
         """What `timm.create_model(name, num_classes=0, **kwargs)` needs to rebuild this model."""

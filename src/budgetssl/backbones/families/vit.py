@@ -43,11 +43,20 @@ class ViTBackbone(Backbone):
         return {"dynamic_img_size": True, **cfg.kwargs, "img_size": image_size, "patch_size": cfg.patch_size}
 
     def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-        """All tokens (prefix first) after the final norm; with `keep`, only the kept patches."""
+        """All tokens (prefix first) after the final norm; with `keep`, only the kept patches; with k
+        rows of `keep` per image, k masked copies of each (embedded once, then repeated, as data2vec
+        2.0's ModalitySpecificEncoder.contextualized_features repeats the embedded patches)."""
         m = self.model
         if keep is None:
             return m.forward_features(x)
         tokens = m._pos_embed(m.patch_embed(x))  # position embedding added before masking, as in MAE
+        if keep.shape[0] != tokens.shape[0]:
+            if keep.shape[0] % tokens.shape[0]:
+                raise ValueError(
+                    f"keep has {keep.shape[0]} rows for {tokens.shape[0]} images: give one row per image "
+                    "or the same number of masked copies of each"
+                )
+            tokens = tokens.repeat_interleave(keep.shape[0] // tokens.shape[0], dim=0)
         prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
         patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         tokens = m.norm_pre(m.patch_drop(torch.cat([prefix, patches], dim=1)))
@@ -55,6 +64,24 @@ class ViTBackbone(Backbone):
 
     def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return self.model.forward_head(self._tokens(x, keep))
+
+    def _ffn(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
+        """Each block's feed-forward output before its residual connection (timm Block: ls2(mlp(norm2(x))),
+        the pre-norm counterpart of data2vec's AltBlock ffn_targets), all tokens, prefix first."""
+        if keep is not None:
+            raise ValueError("the per-block read-out runs on every patch")
+        outputs: list[torch.Tensor] = []
+        hooks = []
+        for i, block in enumerate(self.model.blocks):
+            if not hasattr(block, "ls2"):
+                raise ValueError(f"block {i} ({type(block).__name__}) has no ls2: not a timm Block")
+            hooks.append(block.ls2.register_forward_hook(lambda _m, _i, out: outputs.append(out)))
+        try:
+            self.model.forward_features(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return outputs
 
     def _levels(self, x: torch.Tensor, keep: torch.Tensor | None) -> list[torch.Tensor]:
         """Patch tokens after LEVELS evenly spaced blocks (the last included), as maps of one stride."""
