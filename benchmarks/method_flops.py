@@ -4,7 +4,7 @@ usage: python benchmarks/method_flops.py [--cpu] [OVERRIDE ...]
 e.g.   python benchmarks/method_flops.py backbone=vit_base dataset.image_size=224 train.batch_size=2
        python benchmarks/method_flops.py --cpu   (the demo's method configs, configs/method/cpu/)
 
-Without --cpu every method runs with its config's reference sizes. Each method's step is counted on meta
+Every registered method is counted (the registry's). Without --cpu each runs with its config's reference sizes. Each method's step is counted on meta
 tensors, as budgetssl-flops counts it (verify/flops.py count; tests/test_verify.py checks that it equals a
 real step's count), so no size needs the memory or the time of a real step.
 """
@@ -15,10 +15,9 @@ import argparse
 import json
 
 from budgetssl.config.compose import compose_config
+from budgetssl.methods.registry import METHODS
 from budgetssl.plugins import check_config
 from budgetssl.verify.flops import count
-
-METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
 
 
 def main() -> None:
@@ -27,7 +26,8 @@ def main() -> None:
     )
     parser.add_argument("--cpu", action="store_true", help="the demo's CPU-sized method configs")
     args, overrides = parser.parse_known_args()
-    methods = [m for m in METHODS if m != "mae_tiny"] if args.cpu else METHODS
+    # every registered method, supervised first (the ratios' base)
+    methods = sorted(METHODS.names(), key=lambda name: (name != "supervised", name))
     rows = []
     for name in methods:
         method = f"method={'cpu/' if args.cpu else ''}{name}"
