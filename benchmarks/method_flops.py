@@ -4,9 +4,10 @@ usage: python benchmarks/method_flops.py [--cpu] [OVERRIDE ...]
 e.g.   python benchmarks/method_flops.py backbone=vit_base dataset.image_size=224 train.batch_size=2
        python benchmarks/method_flops.py --cpu   (the demo's method configs, configs/method/cpu/)
 
-Every registered method is counted (the registry's). Without --cpu each runs with its config's reference sizes. Each method's step is counted on meta
-tensors, as budgetssl-flops counts it (verify/flops.py count; tests/test_verify.py checks that it equals a
-real step's count), so no size needs the memory or the time of a real step.
+Every registered method is counted (the registry's), supervised first. Without --cpu each runs with
+its config's reference sizes. Each method's step is counted on meta tensors, as budgetssl-flops counts it
+(verify/flops.py count; tests/test_verify.py checks that it equals a real step's count), so no size needs
+the memory or the time of a real step.
 """
 
 from __future__ import annotations
