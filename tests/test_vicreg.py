@@ -149,7 +149,7 @@ def test_three_steps_match_the_official_model_loss_and_adamw_update():
     assert set(ours) == set(theirs)
     moved = 0
     for name, p in ours.items():
-        assert torch.allclose(p, theirs[name], atol=1e-12, rtol=0), (name, (p - theirs[name]).abs().max())
+        assert torch.allclose(p, theirs[name], atol=1e-10, rtol=0), (name, (p - theirs[name]).abs().max())
         moved += int(not torch.equal(p, initial[name]))
     assert moved == len(ours)  # every parameter took steps: the comparison is not of untouched weights
     for name, buffer in method.projector.named_buffers():  # batch norms' running statistics
