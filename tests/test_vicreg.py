@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from lightly.loss import VICRegLoss
 from torch import nn
 
+from budgetssl.engine.recipe import resolve_recipe
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.trainer import Trainer, to_device
 from budgetssl.errors import ConfigError
@@ -180,3 +181,45 @@ def test_bad_settings_are_refused_with_the_fix(overrides, message):
     with pytest.raises(ConfigError) as info:
         run_config(*TINY, *small("vicreg"), *overrides)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "backbone", "batch", "lr", "expected"),
+    [
+        # VICRegL README ConvNeXt-B: --batch-size 576 --optimizer adamw --base-lr 0.0005 (x B / 256), 400
+        # epochs; main_vicregl.py defaults: wd 0.05, 10 warm-up epochs, end lr 0.001 x, drop path 0.1
+        (
+            "vicreg",
+            "vit_base",
+            576,
+            0.0005 * 576 / 256,
+            {
+                "optimizer": "adamw",
+                "weight_decay": 0.05,
+                "warmup_fraction": 10 / 400,
+                "final_lr_ratio": 0.001,
+            },
+        ),
+        # vicreg README: --batch-size 2048 --base-lr 0.2 (x B / 256), 1000 epochs; main_vicreg.py: LARS,
+        # wd 1e-6, 10 warm-up epochs, end lr 0.001 x
+        (
+            "resnet/vicreg",
+            "resnet50",
+            2048,
+            0.2 * 2048 / 256,
+            {"optimizer": "lars", "momentum": 0.9, "weight_decay": 1e-6, "warmup_fraction": 10 / 1000},
+        ),
+    ],
+)
+def test_the_recipes_at_the_reference_batch_are_the_authors(method, backbone, batch, lr, expected):
+    run = run_config(
+        f"method={method}", f"backbone={backbone}", "dataset.image_size=224", f"train.batch_size={batch}"
+    )
+    recipe = resolve_recipe(run.train)
+    assert recipe["lr"] == pytest.approx(lr, rel=1e-9)
+    for key, value in expected.items():
+        assert recipe[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), key
+    assert recipe["no_weight_decay"] == ["biases_norms"] and recipe["grad_clip"] is None
+    m = run.method
+    assert (m.proj_hidden_dim, m.proj_dim, m.proj_layers) == (8192, 8192, 3)  # --mlp 8192-8192-8192
+    assert (m.sim_coeff, m.std_coeff, m.cov_coeff) == (25.0, 25.0, 1.0)
