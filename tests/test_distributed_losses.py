@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from budgetssl.methods.zoo.clip import clip_loss
 from budgetssl.methods.zoo.simclr import nt_xent
+from budgetssl.methods.zoo.vicreg import vicreg_loss
 
 WORLD, PER_RANK, DIM = 2, 3, 8
 
@@ -27,6 +28,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 LOSSES = {
     "nt_xent": lambda a, b: nt_xent(a, b, 0.2),
     "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
+    # variance and covariance of the global batch (sum_over_ranks), the invariance of each rank's pairs
+    "vicreg": lambda a, b: vicreg_loss(a, b, 25.0, 25.0, 1.0),
 }
 
 
