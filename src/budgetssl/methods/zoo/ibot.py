@@ -115,7 +115,10 @@ class Masking:
     shape: str
 
     def ratio(self, rng: random.Random) -> float:
-        drawn = [rng.uniform(r - v, r + v) if v > 0 else r for r, v in zip(self.ratios, self.ratio_vars, strict=True)]
+        drawn = [
+            rng.uniform(r - v, r + v) if v > 0 else r
+            for r, v in zip(self.ratios, self.ratio_vars, strict=True)
+        ]
         return rng.choice(drawn)
 
     def mask(self, rng: random.Random) -> torch.Tensor:
@@ -150,7 +153,9 @@ class IBOTHead(DINOHead):
     layer when shared)."""
 
     def __init__(self, in_dim: int, cfg: IBOTConfig, prefix: int) -> None:
-        super().__init__(in_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer)
+        super().__init__(
+            in_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, norm_last_layer=cfg.norm_last_layer
+        )
         self.prefix = prefix
         self.last2 = (
             None
@@ -203,7 +208,9 @@ def ibot_loss(
     """(total, [CLS] term, patch term): lambda1 * DINO's loss on the [CLS] logits (every crop, global
     first) + lambda2 * the patch loss on the global crops."""
     cls = lambdas[0] * dino_loss(student_cls, teacher_cls, centers[0], student_temp, temps[0])
-    patch = lambdas[1] * ibot_patch_loss(student_patch, teacher_patch, masks, centers[1], student_temp, temps[1])
+    patch = lambdas[1] * ibot_patch_loss(
+        student_patch, teacher_patch, masks, centers[1], student_temp, temps[1]
+    )
     return cls + patch, cls, patch
 
 
@@ -250,18 +257,21 @@ class IBOT(DINO):
             )
         if len(cfg.pred_ratio) < 1 or len(cfg.pred_ratio) != len(cfg.pred_ratio_var):
             raise ConfigError(
-                f"method.pred_ratio {list(cfg.pred_ratio)} and method.pred_ratio_var {list(cfg.pred_ratio_var)} "
-                "must be non-empty lists of one length (one variance per ratio, 0 for exact)"
+                f"method.pred_ratio {list(cfg.pred_ratio)} and method.pred_ratio_var "
+                f"{list(cfg.pred_ratio_var)} must be non-empty lists of one length "
+                "(one variance per ratio, 0 for exact)"
             )
         for r, v in zip(cfg.pred_ratio, cfg.pred_ratio_var, strict=True):
             if not (0 <= v <= r and r + v < 1):
                 raise ConfigError(
-                    f"method.pred_ratio {r} +- method.pred_ratio_var {v} must stay in [0, 1) with var <= ratio "
-                    "(the reference's [0, 0.3] +- [0, 0.2] masks 10-50% of half the crops)"
+                    f"method.pred_ratio {r} +- method.pred_ratio_var {v} must stay in [0, 1) with "
+                    "var <= ratio (the reference's [0, 0.3] +- [0, 0.2] masks 10-50% of half the crops)"
                 )
         lo, hi = cfg.pred_aspect_ratio
         if not 0 < lo <= hi:
-            raise ConfigError(f"method.pred_aspect_ratio must be [min, max] with 0 < min <= max, got {[lo, hi]}")
+            raise ConfigError(
+                f"method.pred_aspect_ratio must be [min, max] with 0 < min <= max, got {[lo, hi]}"
+            )
         if cfg.pred_shape not in SHAPES:
             raise ConfigError(f"method.pred_shape must be one of {', '.join(SHAPES)}, got {cfg.pred_shape!r}")
         for name in ("warmup_teacher_patch_temp", "teacher_patch_temp"):
