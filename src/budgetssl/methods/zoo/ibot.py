@@ -170,6 +170,10 @@ class IBOTHead(DINOHead):
         patch_layer = self.last if self.last2 is None else self.last2
         return self.last(z[:, 0]), patch_layer(z[:, self.prefix :])
 
+    def patch_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (..., D) through the MLP and the patch prototypes (DINOv2's gathered patches)."""
+        return (self.last if self.last2 is None else self.last2)(F.normalize(self.mlp(x), dim=-1))
+
     def last_layers(self) -> list[nn.Module]:
         return [self.last] + ([self.last2] if self.last2 is not None else [])
 
