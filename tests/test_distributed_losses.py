@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from budgetssl.methods.zoo.clip import clip_loss
+from budgetssl.methods.zoo.dinov2 import sinkhorn_knopp
 from budgetssl.methods.zoo.simclr import nt_xent
 
 WORLD, PER_RANK, DIM = 2, 3, 8
@@ -27,7 +28,15 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 LOSSES = {
     "nt_xent": lambda a, b: nt_xent(a, b, 0.2),
     "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
+    # DINOv2's Sinkhorn-Knopp targets normalise over the global batch (its sums over every rank), each
+    # view the other's student (two crops), so both inputs get gradients
+    "dinov2_sinkhorn": lambda a, b: (sinkhorn_ce(a, b) + sinkhorn_ce(b, a)) / 2,
 }
+
+
+def sinkhorn_ce(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    targets = sinkhorn_knopp(teacher, 0.1, 3)
+    return -(targets * torch.log_softmax(student / 0.1, dim=-1)).sum(dim=-1).mean()
 
 
 def worker(rank: int, port: int, folder: str) -> None:
