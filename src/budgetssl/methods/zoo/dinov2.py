@@ -14,8 +14,9 @@ iBOT (methods/zoo/ibot.py) as facebookresearch/dinov2 dinov2/train/ssl_meta_arch
 The values of the [CLS] and patch losses equal iBOT's (dino.dino_loss's pairs of different crops, the
 per-image mean over masked patches), reused here with the targets precomputed.
 
-The masks are drawn in forward (the reference draws them in its collate), from one draw of torch's
-generator per step, on the host.
+The masks are drawn in forward (the reference draws them in its collate), on the host with numpy and a
+`random.Random` seeded by the run's torch seed; a resumed run draws afresh from that seed (its masks are
+not the uninterrupted run's).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import MISSING
@@ -68,13 +70,14 @@ class DINOv2Config(DINOConfig):
 
 
 class MaskingGenerator:
-    """dinov2/data/masking.py MaskingGenerator, written with `rng` for `random`."""
+    """dinov2/data/masking.py MaskingGenerator, written with `rng` for `random` (numpy masks, as there:
+    drawn on the host without a torch op, so a step on the device never waits to read them)."""
 
     def __init__(self, grid: int, min_patches: int, max_patches: float, aspect: float) -> None:
         self.grid, self.min_patches, self.max_patches = grid, min_patches, max_patches
         self.log_aspect = (math.log(aspect), math.log(1 / aspect))
 
-    def _mask(self, mask: torch.Tensor, most: float, rng: random.Random) -> int:
+    def _mask(self, mask: np.ndarray, most: float, rng: random.Random) -> int:
         delta = 0
         for _ in range(10):
             area = rng.uniform(self.min_patches, most)
@@ -90,8 +93,8 @@ class MaskingGenerator:
                     break
         return delta
 
-    def __call__(self, count: int, rng: random.Random) -> torch.Tensor:
-        mask = torch.zeros(self.grid, self.grid, dtype=torch.bool)
+    def __call__(self, count: int, rng: random.Random) -> np.ndarray:
+        mask = np.zeros((self.grid, self.grid), dtype=bool)
         done = 0
         while done < count:
             delta = self._mask(mask, min(count - done, self.max_patches), rng)
@@ -107,18 +110,18 @@ def batch_masks(
     ratio: tuple[float, float],
     probability: float,
     rng: random.Random,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[np.ndarray, int]:
     """collate_data_and_cast's masks: ((crops, N) bool, upperbound)."""
     n = generator.grid**2
     masked = int(crops * probability)
-    edges = torch.linspace(ratio[0], ratio[1], masked + 1).tolist()
+    edges = np.linspace(ratio[0], ratio[1], masked + 1, dtype=np.float32).tolist()  # torch.linspace's float32
     masks, upperbound = [], 0
     for i in range(masked):
         masks.append(generator(int(n * rng.uniform(edges[i], edges[i + 1])), rng))
         upperbound += int(n * edges[i + 1])
     masks += [generator(0, rng) for _ in range(masked, crops)]
     rng.shuffle(masks)
-    return torch.stack(masks).flatten(1), upperbound
+    return np.stack(masks).reshape(crops, -1), upperbound
 
 
 @torch.no_grad()
@@ -211,6 +214,8 @@ class DINOv2(DINO):
         without_drop_path(self.teacher.parts["backbone"])  # the teacher is built without drop path
         self.grid = data.image_size // backbone.patch_size
         self.local_size = local_size(cfg, data.image_size, backbone.patch_size)
+        # the masks' generator: host-side, seeded by the run's torch seed (a resumed run redraws from it)
+        self.rng = random.Random(torch.initial_seed())
         self.masker = MaskingGenerator(
             self.grid, cfg.mask_min_patches, cfg.mask_max_block * self.grid**2, cfg.mask_aspect
         )
@@ -260,9 +265,10 @@ class DINOv2(DINO):
                 f"not both 0; got {list(weights)}"
             )
 
-    def draw_masks(self, crops: int) -> tuple[torch.Tensor, int]:
-        rng = random.Random(int(torch.randint(0, 2**62, ())))
-        return batch_masks(crops, self.masker, tuple(self.cfg.mask_ratio), self.cfg.mask_probability, rng)
+    def draw_masks(self, crops: int) -> tuple[np.ndarray, int]:
+        return batch_masks(
+            crops, self.masker, tuple(self.cfg.mask_ratio), self.cfg.mask_probability, self.rng
+        )
 
     def targets(self, logits: torch.Tensor, center: torch.Tensor, count=None) -> torch.Tensor:
         """The teacher's targets: Sinkhorn-Knopp over the global batch, or softmax around `center`."""
@@ -275,11 +281,14 @@ class DINOv2(DINO):
         global_crops = batch["global"].transpose(0, 1)  # (2, B, C, H, W)
         x = global_crops.flatten(0, 1)
         crops = x.shape[0]
-        masks, upperbound = self.draw_masks(crops)
-        index = masks.flatten().nonzero().flatten()
-        weights = (1 / masks.sum(-1).clamp(min=1.0)).unsqueeze(-1).expand_as(masks)[masks]
-        n_masked = int(index.shape[0])
-        masks, index, weights = (t.to(x.device) for t in (masks, index, weights))
+        drawn, upperbound = self.draw_masks(crops)
+        per_image = 1 / np.maximum(drawn.sum(-1, keepdims=True), 1.0)
+        weights = torch.as_tensor(
+            np.broadcast_to(per_image, drawn.shape)[drawn], dtype=x.dtype, device=x.device
+        )
+        index = torch.as_tensor(np.flatnonzero(drawn), device=x.device)
+        masks = torch.as_tensor(drawn, device=x.device)
+        n_masked = int(drawn.sum())
 
         t_cls, t_patch = self.teacher(x, index=index, upperbound=upperbound)
         t_patch = t_patch[:n_masked]
