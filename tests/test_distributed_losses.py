@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from budgetssl.methods.zoo.clip import clip_loss
+from budgetssl.methods.zoo.dinov2 import sinkhorn_knopp
 from budgetssl.methods.zoo.simclr import nt_xent
 from budgetssl.methods.zoo.vicreg import vicreg_loss
 
@@ -30,7 +31,15 @@ LOSSES = {
     "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
     # variance and covariance of the global batch (sum_over_ranks), the invariance of each rank's pairs
     "vicreg": lambda a, b: vicreg_loss(a, b, 25.0, 25.0, 1.0),
+    # DINOv2's Sinkhorn-Knopp targets normalise over the global batch (its sums over every rank), each
+    # view the other's student (two crops), so both inputs get gradients
+    "dinov2_sinkhorn": lambda a, b: (sinkhorn_ce(a, b) + sinkhorn_ce(b, a)) / 2,
 }
+
+
+def sinkhorn_ce(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    targets = sinkhorn_knopp(teacher, 0.1, 3)
+    return -(targets * torch.log_softmax(student / 0.1, dim=-1)).sum(dim=-1).mean()
 
 
 def worker(rank: int, port: int, folder: str) -> None:

@@ -32,7 +32,12 @@ class Backbone(nn.Module):
         self.num_features: int = model.num_features
 
     def forward(
-        self, x: torch.Tensor, readout: str = "pooled", keep: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        readout: str = "pooled",
+        keep: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Read the backbone out as `pooled` (B, D), `map` (B, D, h, w), `tokens` (B, N, D), `levels`
         (a list of LEVELS feature maps from several depths, shallow to deep, for multi-level heads) or
@@ -42,12 +47,21 @@ class Backbone(nn.Module):
         `keep` (B, n) lists the patch tokens to encode (masked image modelling: the encoder sees only
         those, so it costs what it runs); `keep` (k B, n) encodes k masked copies of each image, rows
         b k .. b k + k - 1 copies of image b (data2vec 2.0's multi-masking), the patch embedding run
-        once per image. Every read-out goes through this call so that the FLOP meter books it under the
-        backbone.
+        once per image. `mask` (B, N) bool with `mask_token` (1, D) replaces the masked patches'
+        embeddings by the token before the position embedding and encodes every position (iBOT's and
+        DINOv2's masked student; `tokens` read-out only). Every read-out goes through this call so that
+        the FLOP meter books it under the backbone.
         """
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; valid: {', '.join(READOUTS)}")
+        if mask is not None:
+            if readout != "tokens" or keep is not None or mask_token is None:
+                raise ValueError("a token mask needs readout='tokens', a mask_token and no keep")
+            return self._masked_tokens(x, mask, mask_token)
         return getattr(self, f"_{readout}")(x, keep)
+
+    def _masked_tokens(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"a {self.family} backbone has no patch tokens to mask; use a ViT")
 
     def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError

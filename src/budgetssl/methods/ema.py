@@ -168,9 +168,11 @@ class EmaTeacher(nn.Module):
         return cls(parts, cfg.base_momentum, cfg.momentum_rule, cfg.momentum_floor)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for part in self.parts.values():
-            x = part(x)
+    def forward(self, x: torch.Tensor, **first: object) -> torch.Tensor:
+        """The parts in order; `first` are keyword arguments of the first part (a backbone's
+        `readout="tokens"`, for iBOT's and DINOv2's teachers on patch tokens)."""
+        for i, part in enumerate(self.parts.values()):
+            x = part(x, **first) if i == 0 else part(x)
         return x
 
     def schedule(self, anneal: float) -> float:

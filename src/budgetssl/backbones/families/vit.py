@@ -62,6 +62,18 @@ class ViTBackbone(Backbone):
         tokens = m.norm_pre(m.patch_drop(torch.cat([prefix, patches], dim=1)))
         return m.norm(m.blocks(tokens))
 
+    def _masked_tokens(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
+        """All tokens after the final norm, the patches where `mask` (B, N) is true replaced by
+        `mask_token` (1, D) after the patch embedding and before the position embedding, as iBOT's
+        (models/vision_transformer.py prepare_tokens, mask_model) and DINOv2's (dinov2/models/
+        vision_transformer.py prepare_tokens_with_masks) ViTs do."""
+        m = self.model
+        patches = m.patch_embed(x)  # (B, h, w, D) under dynamic_img_size, else (B, N, D)
+        hidden = mask.reshape(patches.shape[:-1]).unsqueeze(-1)
+        patches = torch.where(hidden, mask_token.to(patches.dtype), patches)
+        tokens = m.norm_pre(m.patch_drop(m._pos_embed(patches)))
+        return m.norm(m.blocks(tokens))
+
     def _pooled(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         return self.model.forward_head(self._tokens(x, keep))
 
