@@ -1,7 +1,9 @@
 """The point of pretraining, checked on the synthetic data: it must beat a random init after transfer,
 fine-tuned (supervised, tests/test_gain_supervised.py) and frozen with a linear probe (MAE, the cheapest
 self-supervised method, tests/test_gain_mae.py), each on its tuned CPU recipe (configs/method/cpu/).
-Two modules, so that the two long runs go to two test workers."""
+Each pretrains at the demo's largest budget (1e12 FLOPs, 16 px) on a stream the demo does not report
+(dataset.data_seed=1), so the same run also shows that the collapse monitors leave a method that learns
+unflagged there. Two modules, so that the two long runs go to two test workers."""
 
 from __future__ import annotations
 
@@ -23,14 +25,16 @@ SETTINGS = [
     "transfer.num_val=128",
     "transfer.steps=100",
 ]
+# The demo's largest budget, on the pretraining stream the demo does not report.
+PRETRAIN = ["budget.flops=1e12", "dataset.data_seed=1"]
 # Margins measured with seed 0 on this 2-core CPU (the numbers in the tests' comments); each assertion
 # asks for about half of what was measured.
-SUPERVISED_MARGIN = 5.0
+SUPERVISED_MARGIN = 6.0
 MAE_PROBE_MARGIN = 4.0
-# Measured with the supervised test's runs: linear_accuracy 70.90 against 26.95 (+43.9; k-NN 72.46 against
-# 29.49), probe_miou 36.48 against 20.83 (+15.6).
+# Measured with the supervised test's runs: linear_accuracy 73.05 against 26.95 (+46.1; k-NN 70.51 against
+# 29.49), probe_miou 35.19 against 22.28 (+12.9).
 SUPERVISED_LINEAR_MARGIN = 20.0  # linear_accuracy, points (5 shapes: chance 20%)
-NEW_PROBE_MARGIN = 7.5  # probe_miou of transfer.probe=true (readout/segmentation.py)
+NEW_PROBE_MARGIN = 6.0  # probe_miou of transfer.probe=true (readout/segmentation.py)
 
 
 def run(stage, folder: Path, *overrides: str) -> dict:

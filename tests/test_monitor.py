@@ -1,7 +1,7 @@
 """The label-free monitors (budgetssl.monitor): each measure on a matrix whose value is known by hand,
-the collapse rules, and runs: a DINO driven into collapse is flagged with the prototype rule, supervised
-and MAE at the demo's largest budget are not, and the record's monitor fields are written outside the
-budget."""
+the collapse rules, and runs: a DINO driven into collapse is flagged with the prototype rule, and the
+record's monitor fields are written outside the budget. That supervised and MAE at the demo's largest
+budget are not flagged is checked on the runs that show they learn (tests/gain.py)."""
 
 from __future__ import annotations
 
@@ -184,18 +184,6 @@ def test_a_dino_driven_into_collapse_is_flagged_by_its_prototypes_and_monitors_s
     assert all("monitor/rank_features" in row for row in logged)
     assert record["monitor_calls"] == len(logged) + 1  # every logged step and the one before step 1
     assert record["monitor_final_steps"][-1] == record["steps"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["supervised", "mae"])
-def test_supervised_and_mae_at_the_demos_largest_budget_are_not_flagged(tmp_path, method):
-    folder = tmp_path / method
-    demo = ["dataset.image_size=16", "budget.flops=1e12", "dataset.data_seed=1", "train.progress=false"]
-    off = ["energy.track=false", "logger.wandb.mode=disabled"]
-    assert run_in_process("budgetssl-pretrain", *small(method), *demo, *off, folder=folder) == 0
-    record = summary(folder)
-    assert record["status"] == "completed"
-    assert record["collapse"] is None, record["monitor_final"]
 
 
 def test_the_monitors_leave_training_unchanged(tmp_path):
