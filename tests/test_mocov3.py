@@ -183,12 +183,12 @@ def test_three_steps_equal_the_official_step_on_the_same_views():
         assert abs(float(loss) - float(ref_loss.detach())) < 1e-10, (i, float(loss), float(ref_loss))
     ref._update_momentum_encoder(momenta[-1])  # what the reference's next step does first
     ref_student = [*ref.base_encoder.parameters(), *ref.predictor.parameters()]
-    diff = max(float((a - b).abs().max()) for a, b in zip(student, ref_student, strict=True))
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(student, ref_student, strict=True))
     teacher_diff = max(
-        float((a - b).abs().max())
+        float((a - b).detach().abs().max())
         for a, b in zip(teacher.parameters(), ref.momentum_encoder.parameters(), strict=True)
     )
-    moved = max(float((a - b).abs().max()) for a, b in zip(student, initial, strict=True))
+    moved = max(float((a - b).detach().abs().max()) for a, b in zip(student, initial, strict=True))
     assert diff < 1e-10 and teacher_diff < 1e-10, (diff, teacher_diff)
     assert moved > 1e-3  # the steps changed the weights: the comparison is not of two untouched models
 
