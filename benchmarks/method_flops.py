@@ -18,7 +18,7 @@ from budgetssl.config.compose import compose_config
 from budgetssl.plugins import check_config
 from budgetssl.verify.flops import count
 
-METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip"]
+METHODS = ["supervised", "simclr", "byol", "dino", "mae", "mae_tiny", "clip", "mocov3"]
 
 
 def main() -> None:
