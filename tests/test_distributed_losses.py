@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from budgetssl.methods.zoo.clip import clip_loss
 from budgetssl.methods.zoo.dinov2 import sinkhorn_knopp
+from budgetssl.methods.zoo.mocov3 import contrastive_loss
 from budgetssl.methods.zoo.simclr import nt_xent
 from budgetssl.methods.zoo.vicreg import vicreg_loss
 
@@ -34,6 +35,7 @@ LOSSES = {
     # DINOv2's Sinkhorn-Knopp targets normalise over the global batch (its sums over every rank), each
     # view the other's student (two crops), so both inputs get gradients
     "dinov2_sinkhorn": lambda a, b: (sinkhorn_ce(a, b) + sinkhorn_ce(b, a)) / 2,
+    "mocov3": lambda q, k: contrastive_loss(q, k, 0.2),  # this rank's queries against every rank's keys
 }
 
 
