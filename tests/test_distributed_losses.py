@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from budgetssl.methods.zoo.barlowtwins import barlow_twins_loss
 from budgetssl.methods.zoo.clip import clip_loss
 from budgetssl.methods.zoo.simclr import nt_xent
 
@@ -27,7 +28,10 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 LOSSES = {
     "nt_xent": lambda a, b: nt_xent(a, b, 0.2),
     "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
+    "barlowtwins": lambda a, b: barlow_twins_loss(a, b, 0.0051),
 }
+# Losses of statistics summed over ranks (a cross-correlation): every rank computes the global batch's loss.
+GLOBAL = {"barlowtwins"}
 
 
 def worker(rank: int, port: int, folder: str) -> None:
@@ -71,5 +75,9 @@ def test_loss_across_ranks_equals_the_single_process_loss_and_gradients(ranks, n
     grad_a = torch.cat([r[name][1] for r in ranks]) / WORLD
     grad_b = torch.cat([r[name][2] for r in ranks]) / WORLD
     assert torch.allclose(grad_a, a.grad, atol=1e-6) and torch.allclose(grad_b, b.grad, atol=1e-6)
-    # Each rank's own loss differs from the whole: its anchors differ, its negatives are global.
-    assert not math.isclose(float(ranks[0][name][0]), float(ranks[1][name][0]), rel_tol=1e-4)
+    if name in GLOBAL:  # each rank holds the whole batch's loss, not its half's
+        assert all(float(r[name][0]) == pytest.approx(float(whole.detach()), rel=1e-5) for r in ranks)
+        alone = LOSSES[name](*(x[:PER_RANK] for x in inputs()))
+        assert not math.isclose(float(alone), float(whole.detach()), rel_tol=1e-4)
+    else:  # each rank's own loss differs from the whole: its anchors differ, its negatives are global
+        assert not math.isclose(float(ranks[0][name][0]), float(ranks[1][name][0]), rel_tol=1e-4)
