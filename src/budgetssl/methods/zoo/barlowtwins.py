@@ -79,10 +79,11 @@ def cross_correlation(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     """The (d, d) cross-correlation of two views' embeddings (n, d) over the global batch:
     standardise each, then bn(z1).T @ bn(z2) / N summed over ranks (main.py BarlowTwins.forward's
     `c.div_(batch_size); all_reduce(c)`). Here `sum_over_ranks` carries the sum's gradient to every
-    rank (methods/distributed.py says how the reference's plain all_reduce differs: its gradients are
-    1/world of these, which LARS's trust ratio absorbs for the weights). Runs in float32: under bf16
-    autocast the entries near 1 on the diagonal would be rounded to 2^-8, the size of what the
-    invariance term measures (the reference's own BatchNorm runs in float32 under amp)."""
+    rank, so a step equals one process's on the whole batch (methods/distributed.py says how the
+    reference's plain all_reduce differs: its gradients are 1/world of these, which LARS's trust ratio
+    absorbs for the weights but not for the unadapted biases and norms). Runs in float32 at least,
+    where the reference's ran in fp16 under torch.cuda.amp: in bf16 the diagonal's entries near 1 would
+    be rounded to 2^-8, the size of what the invariance term measures."""
     _, size = rank_and_size()
     total = z1.shape[0] * size  # the engine hands every rank the same share of the global batch
     with without_autocast(z1.device):
