@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from budgetssl.methods.zoo.barlowtwins import barlow_twins_loss
 from budgetssl.methods.zoo.clip import clip_loss
 from budgetssl.methods.zoo.dinov2 import sinkhorn_knopp
 from budgetssl.methods.zoo.mocov3 import contrastive_loss
@@ -36,7 +37,10 @@ LOSSES = {
     # view the other's student (two crops), so both inputs get gradients
     "dinov2_sinkhorn": lambda a, b: (sinkhorn_ce(a, b) + sinkhorn_ce(b, a)) / 2,
     "mocov3": lambda q, k: contrastive_loss(q, k, 0.2),  # this rank's queries against every rank's keys
+    "barlowtwins": lambda a, b: barlow_twins_loss(a, b, 0.0051),
 }
+# Losses of statistics summed over ranks (a cross-correlation): every rank computes the global batch's loss.
+GLOBAL = {"barlowtwins"}
 
 
 def sinkhorn_ce(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -85,5 +89,9 @@ def test_loss_across_ranks_equals_the_single_process_loss_and_gradients(ranks, n
     grad_a = torch.cat([r[name][1] for r in ranks]) / WORLD
     grad_b = torch.cat([r[name][2] for r in ranks]) / WORLD
     assert torch.allclose(grad_a, a.grad, atol=1e-6) and torch.allclose(grad_b, b.grad, atol=1e-6)
-    # Each rank's own loss differs from the whole: its anchors differ, its negatives are global.
-    assert not math.isclose(float(ranks[0][name][0]), float(ranks[1][name][0]), rel_tol=1e-4)
+    if name in GLOBAL:  # each rank holds the whole batch's loss, not its half's
+        assert all(float(r[name][0]) == pytest.approx(float(whole.detach()), rel=1e-5) for r in ranks)
+        alone = LOSSES[name](*(x[:PER_RANK] for x in inputs()))
+        assert not math.isclose(float(alone), float(whole.detach()), rel_tol=1e-4)
+    else:  # each rank's own loss differs from the whole: its anchors differ, its negatives are global
+        assert not math.isclose(float(ranks[0][name][0]), float(ranks[1][name][0]), rel_tol=1e-4)
