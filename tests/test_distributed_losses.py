@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from budgetssl.methods.zoo.clip import clip_loss
+from budgetssl.methods.zoo.siglip import siglip_loss
 from budgetssl.methods.zoo.simclr import nt_xent
 
 WORLD, PER_RANK, DIM = 2, 3, 8
@@ -27,6 +28,8 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 LOSSES = {
     "nt_xent": lambda a, b: nt_xent(a, b, 0.2),
     "clip": lambda a, b: clip_loss(a, b, torch.tensor(math.log(1 / 0.07))),
+    # images, texts; t' = log 10, b = -10 (the paper's start): each rank's images against all texts
+    "siglip": lambda a, b: siglip_loss(a, b, torch.tensor(math.log(10)), torch.tensor(-10.0)),
 }
 
 
