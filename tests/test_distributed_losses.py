@@ -15,6 +15,7 @@ from budgetssl.methods.zoo.barlowtwins import barlow_twins_loss
 from budgetssl.methods.zoo.clip import clip_loss
 from budgetssl.methods.zoo.dinov2 import sinkhorn_knopp
 from budgetssl.methods.zoo.mocov3 import contrastive_loss
+from budgetssl.methods.zoo.siglip import siglip_loss
 from budgetssl.methods.zoo.simclr import nt_xent
 from budgetssl.methods.zoo.vicreg import vicreg_loss
 
@@ -38,6 +39,8 @@ LOSSES = {
     "dinov2_sinkhorn": lambda a, b: (sinkhorn_ce(a, b) + sinkhorn_ce(b, a)) / 2,
     "mocov3": lambda q, k: contrastive_loss(q, k, 0.2),  # this rank's queries against every rank's keys
     "barlowtwins": lambda a, b: barlow_twins_loss(a, b, 0.0051),
+    # images, texts; t' = log 10, b = -10 (the paper's start): each rank's images against all texts
+    "siglip": lambda a, b: siglip_loss(a, b, torch.tensor(math.log(10)), torch.tensor(-10.0)),
 }
 # Losses of statistics summed over ranks (a cross-correlation): every rank computes the global batch's loss.
 GLOBAL = {"barlowtwins"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,9 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
 @METHODS.register("clip")
 class CLIP(Method):
     config_class = CLIPConfig
+    # Options of open_clip's TextTransformer beyond the sizes (a subclass's text tower: SigLIP's pools the
+    # last token without a causal mask); CLIP's is the default one (causal, pooled at the EOT token).
+    text_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: CLIPConfig, backbone: Backbone, data: DataInfo) -> None:
         super().__init__(cfg, backbone, data)
@@ -80,6 +83,7 @@ class CLIP(Method):
             heads=cfg.text_heads,
             layers=cfg.text_layers,
             output_dim=cfg.embed_dim,
+            **self.text_options,
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
 
@@ -94,8 +98,9 @@ class CLIP(Method):
         if not usable & provides:
             hint = dataset.missing_hint(run.dataset, usable)
             raise ConfigError(
-                f"method 'clip' with method.captions={cfg.captions} needs {' or '.join(sorted(usable))} from "
-                f"its data, but dataset '{run.dataset.name}' provides only {', '.join(sorted(provides))}; "
+                f"method '{cfg.name}' with method.captions={cfg.captions} needs "
+                f"{' or '.join(sorted(usable))} from its data, but dataset '{run.dataset.name}' "
+                f"provides only {', '.join(sorted(provides))}; "
                 + (
                     f"{hint}, or pick a dataset with captions or labels"
                     if hint
