@@ -49,7 +49,7 @@ the whole image, what the transfer reads; I-JEPA has no embedding besides them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -149,18 +149,19 @@ class MultiBlock:
     target_aspect: tuple[float, float]
     context_scale: tuple[float, float]
     context_keep: float
+    # The fixed counts, worked out once on the host when the masks are made (a step reads no value back).
+    target_tokens: int = field(init=False)
+    context_tokens: int = field(init=False)
+    smallest_context_block: int = field(init=False)
 
-    @property
-    def target_tokens(self) -> int:
-        return smallest_block(self.grid, self.target_scale, self.target_aspect)
-
-    @property
-    def context_tokens(self) -> int:
-        return int(self.context_keep * self.grid * self.grid)
-
-    @property
-    def smallest_context_block(self) -> int:
-        return smallest_block(self.grid, self.context_scale, (1.0, 1.0))
+    def __post_init__(self) -> None:
+        counts = {
+            "target_tokens": smallest_block(self.grid, self.target_scale, self.target_aspect),
+            "context_tokens": int(self.context_keep * self.grid * self.grid),
+            "smallest_context_block": smallest_block(self.grid, self.context_scale, (1.0, 1.0)),
+        }
+        for name, value in counts.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def of(cls, cfg: IJEPAConfig, grid: int) -> MultiBlock:
