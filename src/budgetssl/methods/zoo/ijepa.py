@@ -26,9 +26,13 @@ fixed by the config and the grid, and the masks are drawn on the device from the
   truncation, `cm[:min_keep_pred]`, taken to the smallest size the rule draws rather than the batch's);
 - the context keeps `context_tokens = int(context_keep * patches)` (the official keeps the batch's
   smallest context; configs/method/ijepa.yaml says how context_keep was measured), the first in row-major
-  order among the context block's tokens outside every target. Where an image has fewer, it is filled
+  order among the context block's tokens outside every target block (the whole block, as the official's
+  mask_complement clears it, not only its kept tokens). Where an image has fewer, it is filled
   from the context block's tokens inside targets, in the order the official relaxes its constraint when
   it finds no valid context (constrain_mask: the last target block's constraint dropped first).
+At ViT-B/16 and 224 (14 x 14 patches) the targets keep 30 tokens each (the rule draws 30 to 40) and the
+context 54 (the official's batch of 128 keeps 45 to 64); at the demo's 4 x 4 patches the rule draws target
+blocks of 1 to 4 patches, so each keeps 1, and the context keeps 4 of a 3 x 3 block.
 
 The encoder and the predictor start as src/helper.py init_model leaves them: every linear (and the patch
 projection) truncated-normal with std 0.02 and zero bias, layer norms at one and zero (init_model's
