@@ -173,11 +173,12 @@ def test_nothing_trains_the_teacher_and_the_optimizer_never_sees_it(method_name)
     optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert not optimized & {id(p) for p in params}
     # Every trainable backbone parameter is optimised (MoCo v3 freezes its ViT's patch projection and
-    # position embedding, methods/zoo/mocov3.py; data2vec 2.0's position embedding is fixed).
+    # position embedding, methods/zoo/mocov3.py; data2vec 2.0's and I-JEPA's
+    # position embeddings are fixed).
     trained = [(name, p) for name, p in method.backbone.named_parameters() if p.requires_grad]
     assert trained and all(id(p) in optimized for _, p in trained)
     # After one step at fraction 0.3 the teacher moved towards the student, not onto it.
-    m = momentum_at(0.3, method.cfg.base_momentum)
+    m = teacher.momentum_of(0.3)  # its own ramp: BYOL's and DINO's cosine, I-JEPA's linear one
     assert float(teacher.momentum) == pytest.approx(m)
     name, s = trained[0]
     t = dict(teacher.parts["backbone"].named_parameters())[name]
@@ -196,8 +197,7 @@ def test_schedules_and_ema_state_travel_in_the_state_dict(method_name):
     for name, teacher in trained.named_modules():
         if isinstance(teacher, EmaTeacher):
             assert any(k.startswith(f"{name}.parts.backbone.") for k in state)
-            m = momentum_at(0.3, trained.cfg.base_momentum)
-            assert float(state[f"{name}.momentum"]) == pytest.approx(m)
+            assert float(state[f"{name}.momentum"]) == pytest.approx(teacher.momentum_of(0.3))
 
 
 def test_dinos_teacher_temperature_and_centre_travel_in_the_state_dict():

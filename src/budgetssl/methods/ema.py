@@ -175,10 +175,15 @@ class EmaTeacher(nn.Module):
             x = part(x, **first) if i == 0 else part(x)
         return x
 
+    def momentum_of(self, anneal: float) -> float:
+        """The momentum at `anneal` on this teacher's schedule: BYOL's and DINO's cosine from the planned
+        start to 1 (a teacher on another ramp overrides this: I-JEPA's linear one, methods/zoo/ijepa.py)."""
+        base = self.planned_now if self.planned_now is not None else float(self.planned_base)
+        return momentum_at(float(anneal), base)
+
     def schedule(self, anneal: float) -> float:
         """Set the momentum of the step at `anneal` (its clock's anneal position; a Clock reads as it)."""
-        base = self.planned_now if self.planned_now is not None else float(self.planned_base)
-        m = momentum_at(float(anneal), base)
+        m = self.momentum_of(anneal)
         self.momentum.fill_(m)
         self.momentum_now = m
         return m
