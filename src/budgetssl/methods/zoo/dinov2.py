@@ -132,7 +132,8 @@ def sinkhorn_knopp(
     rows sum to 1 and whose prototypes share the global batch equally; every sum runs over all ranks
     (sum_over_ranks, as the reference's dist.all_reduce). `count`: the global number of rows (the
     masked patches of every rank, for the patch loss); by default M times the world size."""
-    q = torch.exp(logits.float() / temp).t()  # (K, M)
+    # the reference's teacher_output.float(): half precision up to float32 (float64 kept, as in tests)
+    q = torch.exp(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temp).t()  # (K, M)
     rows = q.shape[1]
     total = sum_over_ranks(torch.tensor(float(rows), device=q.device)) if count is None else count
     k = q.shape[0]
@@ -224,6 +225,7 @@ class DINOv2(DINO):
             "center2", torch.zeros(1, 1, cfg.out_dim if cfg.shared_head else cfg.patch_out_dim)
         )
         self.register_buffer("teacher_temp", torch.tensor(cfg.warmup_teacher_temp, dtype=torch.float64))
+        self.frozen: list[tuple[nn.Parameter, torch.Tensor]] = []  # the last layers' values kept this step
 
     @classmethod
     def check(cls, run: RunConfig) -> None:
@@ -335,11 +337,22 @@ class DINOv2(DINO):
         }
 
     def on_after_backward(self, clock: Clock) -> None:
-        """The last layers frozen at the start (dinov2/train/train.py cancel_gradients_last_layer)."""
+        """The last layers frozen at the start as dinov2/train/train.py freezes them: last_layer_lr 0 on
+        their param group, so the optimizer still takes their gradients (AdamW's moments and step count,
+        the clipped norm) but they do not move; here their values are kept and put back after the step
+        (what lr 0 leaves them; DINO's cancel_gradients_last_layer would drop the gradients instead)."""
+        self.frozen = []
         if Clock.of(clock).warm < self.cfg.freeze_last_layer_fraction:
-            for layer in self.head.last_layers():
-                for p in layer.parameters():
-                    p.grad = None
+            self.frozen = [
+                (p, p.detach().clone()) for layer in self.head.last_layers() for p in layer.parameters()
+            ]
+
+    def on_step_end(self, clock: Clock) -> dict[str, float]:
+        with torch.no_grad():
+            for p, kept in self.frozen:
+                p.copy_(kept)
+        self.frozen = []
+        return super().on_step_end(clock)
 
     @torch.no_grad()
     def update_centers(self, teacher_cls: torch.Tensor, teacher_patch: torch.Tensor | None) -> None:
