@@ -160,3 +160,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (pyproject.toml: --dist loadscope --no-loadscope-reorder), so the two workers finish together rather
     than one waiting on a long run handed out last."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def same_value(a, b) -> bool:  # noqa: ANN001
+    """A state_dict's entries compared: tensors element for element, a module's extra state (DINOv2's mask
+    generator, nn.Module.get_extra_state) by value."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return type(a) is type(b) and a == b

@@ -19,7 +19,7 @@ from budgetssl.engine.loop import LoopResult, train
 from budgetssl.engine.signals import EXIT_INTERRUPTED
 from budgetssl.meter.budget import StepBudget
 from budgetssl.stages.pretrain import build, loop_settings, pretrain_checkpoints
-from conftest import BIN, METHOD_NAMES, TINY, run_config, run_in_process, small, summary
+from conftest import BIN, METHOD_NAMES, TINY, run_config, run_in_process, same_value, small, summary
 
 # MAE draws its masks from the global RNG on every step: a resumed run must restore it exactly.
 SETTINGS = [
@@ -182,11 +182,7 @@ def test_every_method_stopped_at_a_checkpoint_resumes_to_the_uninterrupted_state
     assert resumed.resumed_from_step == 3
     assert (resumed.steps, resumed.flops, resumed.final_loss) == (whole.steps, whole.flops, whole.final_loss)
     a, b = one.state_dict(), other.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
+    assert a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a), method
     ends = [Checkpoints(tmp_path / f / "checkpoints").existing()[0] for f in ("whole", "stopped")]
     x, y = (flatten(read_checkpoint(end)["optimizer"]) for end in ends)
-    assert x.keys() == y.keys() and all(equal(x[k], y[k]) for k in x)
-
-
-def equal(a, b) -> bool:
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    assert x.keys() == y.keys() and all(same_value(x[k], y[k]) for k in x)

@@ -15,8 +15,8 @@ The values of the [CLS] and patch losses equal iBOT's (dino.dino_loss's pairs of
 per-image mean over masked patches), reused here with the targets precomputed.
 
 The masks are drawn in forward (the reference draws them in its collate), on the host with numpy and a
-`random.Random` seeded by the run's torch seed; a resumed run draws afresh from that seed (its masks are
-not the uninterrupted run's).
+`random.Random` seeded by the run's torch seed, whose state is part of the state_dict (extra state), so a
+resumed run draws the uninterrupted run's masks.
 """
 
 from __future__ import annotations
@@ -215,7 +215,8 @@ class DINOv2(DINO):
         without_drop_path(self.teacher.parts["backbone"])  # the teacher is built without drop path
         self.grid = data.image_size // backbone.patch_size
         self.local_size = local_size(cfg, data.image_size, backbone.patch_size)
-        # the masks' generator: host-side, seeded by the run's torch seed (a resumed run redraws from it)
+        # the masks' generator: host-side, seeded by the run's torch seed; its state travels in the
+        # state_dict (get_extra_state), so a resumed run draws the masks the uninterrupted run draws
         self.rng = random.Random(torch.initial_seed())
         self.masker = MaskingGenerator(
             self.grid, cfg.mask_min_patches, cfg.mask_max_block * self.grid**2, cfg.mask_aspect
@@ -266,6 +267,14 @@ class DINOv2(DINO):
                 "method.dino_weight, method.ibot_weight and method.koleo_weight must be >= 0, the first two "
                 f"not both 0; got {list(weights)}"
             )
+
+    def get_extra_state(self) -> tuple:
+        """The mask generator's state (ints and a float or None: loadable with weights_only=True)."""
+        return self.rng.getstate()
+
+    def set_extra_state(self, state: tuple) -> None:
+        version, internal, gauss_next = state
+        self.rng.setstate((version, tuple(internal), gauss_next))
 
     def draw_masks(self, crops: int) -> tuple[np.ndarray, int]:
         return batch_masks(
