@@ -171,6 +171,17 @@ def ssl_crop(
     )
 
 
+def asymmetric_pair(data: DataInfo, cfg: CropConfig) -> MultiView:
+    """BYOL's two views (Grill et al. 2020, Table 6): ssl_crop's crop, flip, jitter (0.4, 0.4, 0.2, 0.1) at
+    p 0.8 and greyscale 0.2 on both; blur always on the first, blur 0.1 and solarisation 0.2 on the second.
+    BYOL, MoCo v3 (main_moco.py augmentation1/2), Barlow Twins (main.py Transform) and VICReg
+    (augmentations.py TrainTransform) all train on this pair: {"views": (2, C, H, W)}."""
+    size, scale, resample = data.image_size, cfg.crop_scale, cfg.interpolation
+    first = ssl_crop(data, size, scale, blur_p=1.0, interpolation=resample)
+    second = ssl_crop(data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
+    return MultiView({"views": [first, second]})
+
+
 class Views:
     """A method's views of a sample: groups of transforms of its image, and its other fields.
 

@@ -22,7 +22,7 @@ from budgetssl.data.info import DataInfo
 from budgetssl.engine.recipe import param_groups
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, asymmetric_pair
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import rank_and_size, sum_over_ranks
 from budgetssl.methods.heads import mlp
@@ -150,10 +150,7 @@ class BarlowTwins(Method):
     def views(self) -> MultiView:
         """main.py Transform: BYOL's asymmetric pair (blur 1.0 / 0.1, solarisation 0 / 0.2, colour
         jitter 0.4/0.4/0.2/0.1 at p 0.8, greyscale 0.2): ssl_crop's defaults."""
-        size, scale, resample = self.data.image_size, self.cfg.crop_scale, self.cfg.interpolation
-        first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
-        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
-        return MultiView({"views": [first, second]})
+        return asymmetric_pair(self.data, self.cfg)
 
     def param_groups(self, weight_decay: float) -> list[dict] | None:
         """The reference's two LARS groups when the biases get their own lr: every 1-d parameter

@@ -22,7 +22,7 @@ from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, asymmetric_pair
 from budgetssl.methods.base import Method
 from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
 from budgetssl.methods.heads import before_last_norm, mlp
@@ -89,10 +89,7 @@ class BYOL(Method):
             raise ConfigError("method.proj_layers and method.pred_layers must be >= 1")
 
     def views(self) -> MultiView:
-        size, scale, resample = self.data.image_size, self.cfg.crop_scale, self.cfg.interpolation
-        first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
-        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
-        return MultiView({"views": [first, second]})
+        return asymmetric_pair(self.data, self.cfg)
 
     def on_step_start(self, clock: Clock) -> dict[str, float]:
         return {"momentum": self.teacher.schedule(Clock.of(clock).anneal)}

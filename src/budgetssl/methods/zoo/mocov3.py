@@ -49,7 +49,7 @@ from budgetssl.data.info import DataInfo
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, asymmetric_pair
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import gather, rank_and_size
 from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
@@ -202,10 +202,7 @@ class MoCoV3(Method):
     def views(self) -> MultiView:
         """main_moco.py augmentation1 and augmentation2 (BYOL's): blur always on the first view, blur 0.1
         and solarisation 0.2 on the second; colour jitter (0.4, 0.4, 0.2, 0.1) at 0.8, greyscale 0.2."""
-        size, scale, resample = self.data.image_size, self.cfg.crop_scale, self.cfg.interpolation
-        first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
-        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
-        return MultiView({"views": [first, second]})
+        return asymmetric_pair(self.data, self.cfg)
 
     def on_step_start(self, clock: Clock) -> dict[str, float]:
         return {"momentum": self.teacher.schedule(Clock.of(clock).anneal)}

@@ -29,7 +29,7 @@ from budgetssl.backbones.backbone import Backbone
 from budgetssl.data.info import DataInfo
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import CropConfig, MultiView, ssl_crop
+from budgetssl.methods.augment import CropConfig, MultiView, asymmetric_pair
 from budgetssl.methods.base import Method
 from budgetssl.methods.distributed import rank_and_size, sum_over_ranks
 from budgetssl.methods.heads import mlp
@@ -132,10 +132,7 @@ class VICReg(Method):
         """augmentations.py TrainTransform: two views of one crop-and-jitter recipe (ssl_crop's defaults:
         jitter 0.4/0.4/0.2/0.1 with p 0.8, greyscale 0.2), blur 1.0 on the first and 0.1 plus
         solarisation 0.2 on the second (BYOL's asymmetry)."""
-        size, scale, resample = self.data.image_size, self.cfg.crop_scale, self.cfg.interpolation
-        first = ssl_crop(self.data, size, scale, blur_p=1.0, interpolation=resample)
-        second = ssl_crop(self.data, size, scale, blur_p=0.1, solarize_p=0.2, interpolation=resample)
-        return MultiView({"views": [first, second]})
+        return asymmetric_pair(self.data, self.cfg)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> StepOutput:
         views = batch["views"]  # (B, 2, C, H, W)
