@@ -55,6 +55,7 @@ from budgetssl.methods.distributed import gather, rank_and_size
 from budgetssl.methods.ema import EmaTeacher, TeacherConfig, check_teacher_config
 from budgetssl.methods.heads import before_last_norm, mlp
 from budgetssl.methods.registry import METHODS
+from budgetssl.methods.zoo.mae import sincos_pos_embed as mae_sincos
 
 if TYPE_CHECKING:
     from budgetssl.config.check import RunConfig
@@ -107,15 +108,8 @@ def sincos_pos_embed(grid: int, dim: int, prefix: int) -> torch.Tensor:
             f"method.vit_init's 2-D sin-cos position embedding needs a ViT width divisible by 4, got {dim}; "
             "set method.vit_init=false or pick another backbone"
         )
-    quarter = dim // 4
-    omega = 1.0 / 10000.0 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
-    a, b = torch.meshgrid(
-        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
-    )
-    out_a = a.flatten()[:, None] * omega[None, :]
-    out_b = b.flatten()[:, None] * omega[None, :]
-    pos = torch.cat([out_a.sin(), out_a.cos(), out_b.sin(), out_b.cos()], dim=1)
-    return torch.cat([torch.zeros(prefix, dim), pos])
+    mae = mae_sincos(grid, dim, prefix)  # [sin(b w), cos(b w), sin(a w), cos(a w)]
+    return torch.cat([mae[:, dim // 2 :], mae[:, : dim // 2]], dim=1)
 
 
 def init_moco_vit(backbone: Backbone, grid: int) -> None:
