@@ -6,6 +6,7 @@ under every attention kernel against the reference."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -16,6 +17,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from budgetssl.backbones.backbone import build_backbone
+from budgetssl.data.base import build_dataset
+from budgetssl.data.loader import IMAGE_SIZE
 from budgetssl.engine import trainer as trainer_module
 from budgetssl.engine.precision import allow_tf32, set_tf32
 from budgetssl.engine.recipe import Recipe
@@ -24,8 +27,10 @@ from budgetssl.engine.settings import LoopSettings
 from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer, channels_last, optimizer_impl, slides_convolutions, to_device
 from budgetssl.meter.counter import PassCounter, custom_rules
+from budgetssl.methods.base import build_method
+from budgetssl.methods.batched import constant, on_device
 from budgetssl.stages.pretrain import build
-from budgetssl.transfer.heads import Segmenter
+from budgetssl.transfer.heads import HEADS, Segmenter
 from conftest import (
     METHOD_NAMES,
     TINY,
@@ -261,20 +266,116 @@ def on_fake_cuda(method: str):
     return mode, task, fake
 
 
+@contextlib.contextmanager
+def cuda_bf16_autocast():
+    """bf16 autocast on the CUDA dispatch key, as `torch.autocast("cuda", dtype=torch.bfloat16)` turns it
+    on: the context manager itself refuses (and warns) where no CUDA driver exists, the dispatch key does
+    not, so CUDA-typed fake tensors run through autocast's casts as on a GPU."""
+    enabled, dtype = torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+    torch.set_autocast_dtype("cuda", torch.bfloat16)
+    torch.set_autocast_enabled("cuda", True)
+    torch.autocast_increment_nesting()
+    try:
+        yield
+    finally:
+        if torch.autocast_decrement_nesting() == 0:
+            torch.clear_autocast_cache()
+        torch.set_autocast_enabled("cuda", enabled)
+        torch.set_autocast_dtype("cuda", dtype)
+
+
+def linear_output_dtypes(module: nn.Module) -> tuple[set[torch.dtype], list]:
+    """The dtypes the linear layers inside `module` return (autocast's bf16 ops: layer norms and softmax
+    return float32), and the hooks' handles to remove."""
+    seen: set[torch.dtype] = set()
+
+    def hook(_module, _args, output):
+        seen.add(output.dtype)
+
+    return seen, [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
 @pytest.mark.parametrize("method", METHOD_NAMES)
-def test_every_methods_step_runs_on_cuda_tensors_alone_with_no_host_read(method):
+def test_every_methods_step_runs_on_cuda_tensors_alone_under_bf16_with_no_host_read(method):
     """Each registered method's step hooks, views' forward, loss and EMA update on CUDA-typed tensors
-    (backward needs a real device)."""
+    under bf16 autocast, as the GPU path runs them (`train.precision=bf16`): the backbone computes in
+    bf16, the loss is a finite-shaped scalar on the device. Backward needs a real device."""
     mode, task, fake = on_fake_cuda(method)
-    with mode:
-        task.train()
-        clock = Clock.of(0.3)
-        task.on_step_start(clock)
-        out = task(fake)
-        task.on_step_end(clock)
+    dtypes, handles = linear_output_dtypes(task.backbone)
+    try:
+        with mode:
+            task.train()
+            clock = Clock.of(0.3)
+            task.on_step_start(clock)
+            with cuda_bf16_autocast():
+                out = task(fake)
+            task.on_step_end(clock)
+    finally:
+        for handle in handles:
+            handle.remove()
     assert out.loss.device.type == "cuda" and out.loss.shape == ()
+    assert dtypes == {torch.bfloat16}, f"the backbone's linear layers returned {dtypes} under bf16 autocast"
     assert all(v.device.type == "cuda" for v in out.logs.values() if isinstance(v, torch.Tensor))
     assert {t.device.type for t in (*task.parameters(), *task.buffers())} == {"cuda"}
+
+
+class CudaDraws:
+    """Uniform draws made on the (fake) CUDA device, standing in for batched.Draws, whose generator
+    would have to be a CUDA one: torch.Generator(device="cuda") needs a driver, which fake tensors do
+    not replace. What the views do with the draws (every op after them) runs as on a GPU."""
+
+    def rows(self, copies: int, per: int):
+        def rand(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.rand(copies * per, *shape, dtype=dtype, device=CUDA)
+
+        return rand
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_every_methods_device_views_run_on_cuda_tensors_alone_with_no_host_read(method):
+    """augment_on=device on a GPU: each method's batched views (crops, resampling, jitter, blur,
+    solarisation, normalisation) on a CUDA-typed uint8 batch make CUDA tensors only, with no host read
+    (a data-dependent branch would raise). Only the draws' generator is not the run's (CudaDraws)."""
+    run = run_config(*TINY, *small(method))
+    method_ = build_method(run.method, build_backbone(run.backbone, 16), build_dataset(run.dataset).info)
+    views = on_device(method_.views())
+    if views is None:
+        pytest.skip(f"{method}'s views run per sample only (train.augment_on=auto runs them in the loader)")
+    mode = FakeTensorMode()
+    constant.cache_clear()  # the constants it copies to a device once must be this mode's
+    with mode:
+        batch = {
+            "image": fake_cuda(mode, torch.zeros(4, 3, 16, 16, dtype=torch.uint8)),
+            IMAGE_SIZE: fake_cuda(mode, torch.full((4, 2), 16, dtype=torch.int64)),
+            "label": fake_cuda(mode, torch.zeros(4, dtype=torch.int64)),
+        }
+        with torch.no_grad():
+            out = views(batch, CudaDraws())
+    constant.cache_clear()
+    made = [v for v in out.values() if isinstance(v, torch.Tensor)]
+    made += [t for v in out.values() if isinstance(v, list) for t in v]
+    assert made and all(t.device.type == "cuda" for t in made)
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_the_segmenter_s_step_runs_on_cuda_tensors_alone_under_bf16_with_no_host_read(head):
+    """The transfer's fine-tuning step (every head) on CUDA-typed tensors under bf16 autocast: the
+    backbone's readout, the head, the upsampled logits and the ignore-aware cross-entropy stay on the
+    device, with no host read."""
+    backbone = build_backbone(run_config(*TINY).backbone, 16)
+    model = Segmenter(backbone, head, num_classes=6, ignore_index=255, image_size=16)
+    mode = FakeTensorMode()
+    with mode:
+        model._apply(lambda t: fake_cuda(mode, t))
+        batch = {
+            "image": fake_cuda(mode, torch.zeros(2, 3, 16, 16)),
+            "mask": fake_cuda(mode, torch.zeros(2, 16, 16, dtype=torch.int64)),
+        }
+        model.train()
+        with cuda_bf16_autocast():
+            out = model(batch)
+    assert out.loss.device.type == "cuda" and out.loss.shape == ()
+    assert {t.device.type for t in (*model.parameters(), *model.buffers())} == {"cuda"}
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
