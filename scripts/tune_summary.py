@@ -1,43 +1,54 @@
 """Print the CPU recipe sweep (configs/experiment/tune_cpu.yaml): per method, the probe and fine-tuned
-mIoU of every (lr, weight decay) cell, and the cell with the best probe mIoU (ties: fine-tuned mIoU)."""
+mIoU of every (lr, weight decay) cell with its collapse verdict, and the chosen cell: the best probe mIoU
+(ties: fine-tuned mIoU) among the cells the collapse monitor does not flag. A flagged cell is never
+chosen while an unflagged one completed: the zoo's probe of a collapsed run can still beat random init's
+(its features keep a little of the input), and a recipe chosen there is a recipe that collapses. Where
+every cell is flagged the best of them is printed, said so."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from budgetssl.analysis.collect import collect
+from budgetssl.analysis.verdict import collapse_of
+
 
 def main(root: str) -> None:
     cells: dict[str, list[dict]] = defaultdict(list)
-    for path in sorted(Path(root).glob("*/summary.json")):
-        record = json.loads(path.read_text())
-        recipe = record.get("recipe") or {}
-        cells[str(record.get("method"))].append(
+    found = collect(Path(root))
+    for run in found.runs:
+        record = run.record
+        recipe = record.value("recipe") or {}
+        verdict = collapse_of(record)
+        cells[str(record.value("method"))].append(
             {
                 "lr": recipe.get("lr"),
                 "wd": recipe.get("weight_decay"),
-                "status": record.get("status"),
-                "probe": record.get("probe_miou"),
-                "miou": record.get("miou"),
-                "loss": (record.get("first_loss"), record.get("final_loss")),
+                "probe": record.value("probe_miou"),
+                "miou": record.value("miou"),
+                "loss": (record.value("first_loss"), record.value("final_loss")),
+                "collapse": verdict.rule if verdict else "-",
             }
         )
     for method, rows in sorted(cells.items()):
-        print(f"\n{method}\n| lr | weight decay | probe mIoU | fine-tuned mIoU | loss first -> last |")
-        print("|---|---|---|---|---|")
+        header = "| lr | weight decay | probe mIoU | fine-tuned mIoU | loss first -> last | collapsed |"
+        print(f"\n{method}\n{header}")
+        print("|---|---|---|---|---|---|")
         for r in sorted(rows, key=lambda r: (r["lr"] or 0, r["wd"] or 0)):
-            if r["status"] != "completed":
-                print(f"| {r['lr']} | {r['wd']} | {r['status']} | | |")
-                continue
             first, last = r["loss"]
             scores = f"{r['probe']:.2f} | {r['miou']:.2f}"
-            print(f"| {r['lr']:g} | {r['wd']:g} | {scores} | {first:.3f} -> {last:.3f} |")
-        done = [r for r in rows if r["status"] == "completed" and r["probe"] is not None]
+            print(f"| {r['lr']:g} | {r['wd']:g} | {scores} | {first:.3f} -> {last:.3f} | {r['collapse']} |")
+        done = [r for r in rows if r["probe"] is not None]
+        sound = [r for r in done if r["collapse"] == "-"]
         if done:
-            best = max(done, key=lambda r: (r["probe"], r["miou"]))
-            print(f"best: lr {best['lr']:g}, weight decay {best['wd']:g} (probe {best['probe']:.2f})")
+            best = max(sound or done, key=lambda r: (r["probe"], r["miou"]))
+            flagged = "" if sound else " -- every cell collapsed: the best flagged one"
+            cell = f"lr {best['lr']:g}, weight decay {best['wd']:g}"
+            print(f"best: {cell} (probe {best['probe']:.2f}){flagged}")
+    for path in found.failed + found.unreadable:
+        print(f"not completed: {path}")
 
 
 if __name__ == "__main__":
