@@ -3,12 +3,14 @@ tokenised offline with the BPE vocabulary that ships inside open_clip."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
+from budgetssl.data.sampler import seeded
 from budgetssl.methods.augment import SingleView
 
 CAPTION_SOURCES = ("auto", "caption", "label")
@@ -37,10 +39,25 @@ class CaptionView(SingleView):
     def text(self, sample: dict[str, Any]) -> str:
         if self.source != "label" and "caption" in sample:
             caption = sample["caption"]
-            if isinstance(caption, list | tuple):  # several captions per image (COCO): one per visit
+            if several(caption):  # several captions per image (COCO): one per visit
                 caption = caption[int(torch.randint(len(caption), ()))]
             return caption
         return pseudo_caption(label_names(sample["label"], self.class_names))
 
     def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {"tokens": self.tokenizer([self.text(sample)])[0]}
+
+    def batch_fields(self, batch: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        """Every sample's text as `text` makes it, tokenised in one call. A sample with several captions
+        draws its one with its own seed, the draw (and so the caption) of the per-sample path."""
+        texts = []
+        for i, seed in enumerate(seeds):
+            sample = {key: batch[key][i] for key in ("caption", "label") if key in batch}
+            draws = several(sample.get("caption"))  # only a draw needs the seed
+            texts.append(seeded(seed, functools.partial(self.text, sample)) if draws else self.text(sample))
+        return {"tokens": self.tokenizer(texts)}
+
+
+def several(caption: Any) -> bool:
+    """Whether a sample's caption field holds several captions to draw one from."""
+    return isinstance(caption, list | tuple)
