@@ -15,7 +15,7 @@ from budgetssl.data.loader import BatchFetch, collate_images, endless_batches
 from budgetssl.data.sampler import EpochBatchSampler, EpochSampler, Seeded, mix, seeded
 from budgetssl.data.sets.synthetic import CHUNK, SyntheticShapes
 from budgetssl.data.shapes import SHAPES
-from budgetssl.methods import batched
+from budgetssl.methods import batched, captions
 from budgetssl.methods.augment import MultiView, fields_batch, ssl_crop
 from budgetssl.methods.captions import CaptionView
 from budgetssl.methods.zoo.ibot import MaskedMultiView, Masking
@@ -156,3 +156,14 @@ def test_views_whose_fields_only_run_per_sample_keep_the_per_sample_path():
     assert isinstance(stream.loader.dataset, Seeded)
     batch = next(stream)
     assert torch.equal(batch["twice"], 2 * batch["label"])
+
+
+def test_tokens_kept_from_earlier_batches_are_the_tokenisers_and_the_kept_ones_are_bounded(monkeypatch):
+    monkeypatch.setattr(captions, "KNOWN_TEXTS", 2)
+    view = CaptionView(CROP, SHAPES, "auto", context_length=12)
+    texts = ["a red ring", "a blue circle", "a red ring", "a green cross and a red ring", "a blue circle"]
+    for start in range(len(texts) - 1):
+        batch = {"caption": texts[start : start + 2]}
+        tokens = view.batch_fields(batch, [0, 0])["tokens"]
+        assert torch.equal(tokens, view.tokenizer(texts[start : start + 2]))
+        assert list(view.known) == texts[start : start + 2]  # the two latest kept, an older one dropped
