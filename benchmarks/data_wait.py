@@ -1,8 +1,9 @@
 """How long each method's training waits for data at the demo settings: the data-wait share.
 
-For every method at the CPU demo sizes (configs/method/cpu/, vit_nano at 16 px, batch 32, the synthetic
-set, the configured `train.num_workers` and `train.augment_on` defaults; one torch thread, as `make demo`
-runs two runs at a time on two cores), the real batch stream feeds the real loop (engine.loop.train) for
+For every registered method (the registry's, supervised first; `--methods` picks some) at the CPU demo
+sizes (configs/method/cpu/, vit_nano at 16 px, batch 32, the synthetic set, the configured
+`train.num_workers` and `train.augment_on` defaults; one torch thread, as `make demo` runs two runs at a
+time on two cores), the real batch stream feeds the real loop (engine.loop.train) for
 `--steps` steps; the time the loop spends in `next(batches)` (waiting for the next batch) over the loop's
 wall time is the share. The record's `data_wait_share` is the same quotient over the whole pretraining.
 
@@ -22,10 +23,10 @@ import torch
 from budgetssl.config.compose import compose_config
 from budgetssl.engine.loop import train
 from budgetssl.meter.budget import StepBudget
+from budgetssl.methods.registry import METHODS
 from budgetssl.plugins import check_config
 from budgetssl.stages.pretrain import build, loop_settings
 
-METHODS = ("supervised", "clip", "mae", "dino", "byol", "simclr")
 DEMO = ["dataset.image_size=16", "train.progress=false", "energy.track=false", "logger.wandb.mode=disabled"]
 
 
@@ -70,13 +71,14 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs one per run)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None, help="comma-separated (default: every registered one)")
     args, overrides = parser.parse_known_args()
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} steps={args.steps} overrides={overrides}")
     print(f"{'method':<11}{'wait ms/step':>13}{'step ms':>9}{'share':>8}{'recorded':>10}")
     shares = {}
-    for method in args.methods.split(","):
+    every = sorted(METHODS.names(), key=lambda name: (name != "supervised", name))
+    for method in args.methods.split(",") if args.methods else every:
         r = measure(method, args.steps, overrides)
         shares[method] = r["share"]
         recorded = f"{r['recorded']:.3f}" if "recorded" in r else "-"

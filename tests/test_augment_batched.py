@@ -23,7 +23,14 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from budgetssl.data.info import DataInfo
-from budgetssl.data.loader import IMAGE_SIZE, LoaderOptions, Position, collate_images, endless_batches
+from budgetssl.data.loader import (
+    IMAGE_SIZE,
+    BatchFetch,
+    LoaderOptions,
+    Position,
+    collate_images,
+    endless_batches,
+)
 from budgetssl.data.sets.synthetic import SyntheticShapes
 from budgetssl.errors import ConfigError
 from budgetssl.methods import batched
@@ -385,7 +392,8 @@ def test_a_run_with_views_on_the_device_trains_and_costs_what_the_loader_run_cos
 def test_every_methods_batch_is_the_same_shape_whichever_path_makes_its_views(method):
     """Each registered method's batch as the loader makes it (per sample) and as train.augment_on=auto
     makes it (on the device, where the method's views can run there): the same fields, shapes and dtypes,
-    so the step cannot tell the two apart."""
+    so the step cannot tell the two apart. On the device path the synthetic set's batches are fetched
+    whole, and are the per-sample path's (tests/test_batch_data.py has the details)."""
     got = {}
     for where in ("loader", "auto"):
         run = run_config(*TINY, *small(method), "train.num_workers=0", f"train.augment_on={where}")
@@ -394,3 +402,13 @@ def test_every_methods_batch_is_the_same_shape_whichever_path_makes_its_views(me
         got[where] = {k: (tuple(v.shape), v.dtype) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     assert got["loader"] == got["auto"] and got["loader"]
     assert all(shape[0] == 16 for shape, _ in got["loader"].values())
+    if batches.after is not None:  # the views on the device
+        fetch = batches.loader.dataset
+        assert isinstance(fetch, BatchFetch)
+        whole = endless_batches(fetch.dataset, fetch.view, 16, seed=1, collate=collate_images)
+        each = endless_batches(
+            fetch.dataset, batched.LoaderPart(fetch.view.views), 16, seed=1, collate=collate_images
+        )
+        for _ in range(2):
+            a, b = next(whole), next(each)
+            assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), method

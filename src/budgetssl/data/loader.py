@@ -6,13 +6,16 @@ shards. Samples are decoded and viewed once, in the worker; unreadable files ski
 counted in shared memory (SkipCounter), so the count made in worker processes reaches the run record.
 Under `train.augment_on=device` the worker's view only decodes (methods/batched.py LoaderPart), batches
 of images of several sizes are padded to the largest (`collate_images`), and the stream hands each batch
-to an `after` hook that makes the views on the training device.
+to an `after` hook that makes the views on the training device. Where that view also takes a whole batch
+(BatchView) and the dataset gives one (data/base.py BatchDataset: the synthetic set), a batch is one
+fetch of the batch's indices (BatchFetch, keyed by EpochBatchSampler): the same batches, value for value,
+without a dict per sample or a collation; workers, if any, prefetch whole batches.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from budgetssl.data.base import StreamingDataset
+from budgetssl.data.base import BatchDataset, StreamingDataset
 from budgetssl.data.corrupt import SKIPPED, SkipCounter
-from budgetssl.data.sampler import EpochSampler, Seeded
+from budgetssl.data.sampler import EpochBatchSampler, EpochSampler, Seeded
 from budgetssl.errors import ConfigError, DataError
 
 View = Callable[[dict[str, Any]], dict[str, Any]]
@@ -96,6 +99,24 @@ def collate_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {"image": torch.stack(padded), IMAGE_SIZE: sizes, **rest}
 
 
+def one_size(images: torch.Tensor) -> dict[str, Any]:
+    """A batch of images (B, C, H, W) of one size as collate_images gives it, with `image_size`."""
+    sizes = torch.tensor(images.shape[-2:], dtype=torch.int64).expand(images.shape[0], 2).contiguous()
+    return {"image": images, IMAGE_SIZE: sizes}
+
+
+class BatchView:
+    """A per-sample view (`__call__`) that also makes a whole batch: `batch(samples, seeds)` of a
+    BatchDataset's batch and its samples' seeds (data/sampler.py: the seeds the per-sample path forks
+    the RNG with) gives what `collate` of the per-sample views gives, the same values, in one go."""
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def batch(self, samples: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
 def viewed(sample: dict[str, Any], view: View, counter: SkipCounter | None) -> dict[str, Any]:
     """The view of `sample`; the files skipped to reach it (if any) go to `counter`."""
     skipped = sample.pop(SKIPPED, 0)
@@ -117,6 +138,30 @@ class Viewed(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return viewed(self.dataset[index], self.view, self.counter)
+
+
+class BatchFetch(Dataset):
+    """`dataset`'s batch through `view.batch`, keyed by the batch's (index, seed) keys (EpochBatchSampler):
+    one fetch a batch, in the worker where there are workers."""
+
+    def __init__(self, dataset: BatchDataset, view: BatchView, counter: SkipCounter | None = None) -> None:
+        self.dataset = dataset
+        self.view = view
+        self.counter = counter
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, keys: list[tuple[int, int]]) -> dict[str, Any]:
+        indices = [index for index, _ in keys]
+        seeds = [seed for _, seed in keys]
+        return viewed(self.dataset.batch(indices), lambda batch: self.view.batch(batch, seeds), self.counter)
+
+
+def as_fetched(batch: dict[str, Any]) -> dict[str, Any]:
+    """The DataLoader's collate for BatchFetch: its batch is already made (a module function: workers
+    pickle it)."""
+    return batch
 
 
 class ViewedStream(IterableDataset):
@@ -250,7 +295,8 @@ def endless_batches(
     `batch_size` is this process's share; under data parallelism (`world` ranks) an indexed dataset is
     split by EpochSampler, and a stream splits its shards by rank itself. `options` (else `num_workers`,
     "auto" for the device torch sees, and `pin_memory`) say how the DataLoader runs; `collate` makes a
-    batch of samples, `after` runs on each collated batch (augment_on=device).
+    batch of samples, `after` runs on each collated batch (augment_on=device). A BatchView on a
+    BatchDataset makes each batch in one fetch instead (`collate` unused): the same batches.
     """
     if options is None:
         if num_workers == "auto":
@@ -280,6 +326,11 @@ def endless_batches(
             f"the dataset has {size} samples, fewer than one batch of {batch_size * world}; "
             f"lower the batch size or use more data"
         )
+    if isinstance(dataset, BatchDataset) and isinstance(view, BatchView):
+        fetch = BatchFetch(dataset, view, counter)
+        sampler = EpochBatchSampler(size, batch_size, seed, rank, world)
+        whole = common | dict(batch_size=None, drop_last=False, collate_fn=as_fetched)  # full by the sampler
+        return Batches(DataLoader(fetch, sampler=sampler, **whole), batch_size, counter, after)
     sampler = EpochSampler(size, batch_size, seed, rank, world)
     viewed_set = Seeded(Viewed(dataset, view, counter))
     return Batches(DataLoader(viewed_set, sampler=sampler, **common), batch_size, counter, after)

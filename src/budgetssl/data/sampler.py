@@ -9,13 +9,14 @@ epoch by skipping indices (no image is loaded to skip it) and see exactly what a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 MASK64 = (1 << 64) - 1
+T = TypeVar("T")
 
 
 def mix(*values: int) -> int:
@@ -56,13 +57,40 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch - self.start) * self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def batches(self) -> Iterator[list[tuple[int, int]]]:
+        """This rank's batches of the epoch from `start` on, each a list of (index, seed) keys."""
         generator = torch.Generator().manual_seed(mix(self.seed, self.epoch) & 0x7FFF_FFFF_FFFF_FFFF)
         order = torch.randperm(self.size, generator=generator).tolist()
         for batch in range(self.start, self.batches_per_epoch):
             first = batch * self.global_batch + self.rank * self.batch_size
-            for position in range(first, first + self.batch_size):
-                yield order[position], mix(self.seed, self.epoch, position)
+            positions = range(first, first + self.batch_size)
+            yield [(order[position], mix(self.seed, self.epoch, position)) for position in positions]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for batch in self.batches():
+            yield from batch
+
+
+class EpochBatchSampler(EpochSampler):
+    """EpochSampler's order a batch at a time: one list of (index, seed) keys per batch, for a DataLoader
+    with `batch_size=None` whose dataset fetches a whole batch in one call (data/loader.py BatchFetch);
+    its workers, if any, then prefetch whole batches."""
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # type: ignore[override]
+        return self.batches()
+
+
+def seeded(seed: int, make: Callable[[], T]) -> T:
+    """`make()` with torch's CPU generator seeded by `seed`; the caller's global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also queue a (lazy) reseed of every
+        # accelerator's generator per sample, which fork_rng(devices=[]) does not undo, at a cost above
+        # a small sample's own (benchmarks/README.md).
+        torch.default_generator.manual_seed(seed)
+        return make()
 
 
 class Seeded(Dataset):
@@ -77,9 +105,4 @@ class Seeded(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also queue a (lazy) reseed of every
-            # accelerator's generator per sample, which fork_rng(devices=[]) does not undo, at a cost above
-            # a small sample's own (benchmarks/README.md).
-            torch.default_generator.manual_seed(seed)
-            return self.dataset[index]
+        return seeded(seed, lambda: self.dataset[index])

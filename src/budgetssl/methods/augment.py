@@ -12,7 +12,7 @@ and the device's part.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +187,8 @@ class Views:
 
     `groups()` maps each output key to its transforms: one transform gives (C, H, W) per sample, several
     (`stacked`) give (V, C, H, W), views of one size in one group so a method sends them through the
-    backbone together. `fields(sample)` adds what else the method reads (a label, caption tokens).
+    backbone together. `fields(sample)` adds what else the method reads (a label, caption tokens), and
+    `batch_fields` the same for a whole batch at once.
     """
 
     stacked = False
@@ -198,6 +199,13 @@ class Views:
     def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {}
 
+    def batch_fields(self, batch: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        """`fields` of every sample of `batch` (data/base.py BatchDataset.batch), collated: the same
+        values; a field that draws at random draws with each sample's seed in `seeds` (data/sampler.py
+        seeded), as the per-sample path seeds it. A subclass that adds `fields` without this keeps its
+        batches made per sample (`fields_batch`)."""
+        return {}
+
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         image = sample["image"]
         fields = self.fields(sample)  # first: a caption drawn among several draws before the crops
@@ -206,6 +214,17 @@ class Views:
             made = [t(image) for t in transforms]
             out[name] = torch.stack(made) if self.stacked else made[0]
         return {**out, **fields}
+
+
+def fields_batch(views: Views) -> bool:
+    """Whether `views.batch_fields` makes its `fields`: not where a class overrides `fields` below the
+    last one to write `batch_fields`."""
+    order = type(views).__mro__
+
+    def owner(name: str) -> int:
+        return next(i for i, cls in enumerate(order) if name in vars(cls))
+
+    return owner("batch_fields") <= owner("fields")
 
 
 class MultiView(Views):

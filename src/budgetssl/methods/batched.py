@@ -30,16 +30,23 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from budgetssl.data.loader import IMAGE_SIZE
+from budgetssl.data.loader import IMAGE_SIZE, BatchView, one_size
 from budgetssl.data.sampler import mix
 from budgetssl.errors import ConfigError
-from budgetssl.methods.augment import BLUR_SIGMA, CROP_RATIO, SOLARIZE_THRESHOLD, Augment, Views
+from budgetssl.methods.augment import (
+    BLUR_SIGMA,
+    CROP_RATIO,
+    SOLARIZE_THRESHOLD,
+    Augment,
+    Views,
+    fields_batch,
+)
 
 if TYPE_CHECKING:
     from budgetssl.data.loader import Position
@@ -332,6 +339,14 @@ class LoaderPart:
         return {"image": sample["image"], **self.views.fields(sample)}
 
 
+class BatchLoaderPart(LoaderPart, BatchView):
+    """LoaderPart on a whole batch (data/loader.py BatchView) for views whose fields batch
+    (Views.batch_fields): the batch's images as the dataset stacked them, the fields made in one go."""
+
+    def batch(self, samples: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        return {**one_size(samples["image"]), **self.views.batch_fields(samples, seeds)}
+
+
 class DeviceViews:
     """A method's views split for augment_on=device: `loader` runs per sample in the data path, and
     calling this on a batch (on the device) makes the same keys the per-sample views make."""
@@ -339,7 +354,7 @@ class DeviceViews:
     def __init__(self, views: Views, groups: dict[str, list[Augment]], stacked: bool) -> None:
         self.groups = groups
         self.stacked = stacked
-        self.loader = LoaderPart(views)
+        self.loader = BatchLoaderPart(views) if fields_batch(views) else LoaderPart(views)
 
     def __call__(self, batch: dict[str, Any], draws: Draws) -> dict[str, Any]:
         rest = dict(batch)

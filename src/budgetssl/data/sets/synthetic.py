@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torchvision import tv_tensors
 
 from budgetssl.config.schema import DatasetConfig
 from budgetssl.data import shapes
-from budgetssl.data.base import PretrainDataset, Sample
+from budgetssl.data.base import BatchDataset, Sample
 from budgetssl.data.info import DataInfo
 from budgetssl.data.registry import DATASETS
 from budgetssl.data.shapes import SHAPES, Scene, render
@@ -75,7 +76,8 @@ def store_folder() -> Path:
 
 
 class Chunk:
-    """CHUNK consecutive scenes of one stream, as arrays (one file of the store)."""
+    """Scenes of one stream as arrays: CHUNK consecutive ones (one file of the store), or any rows of
+    them (SceneCache.rows)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, captions: np.ndarray):
         self.images, self.masks, self.labels, self.captions = images, masks, labels, captions
@@ -175,6 +177,26 @@ class SceneCache:
         first = index - index % CHUNK
         return self.chunk((data_seed, split, first, image_size, max_objects))[index - first]
 
+    def rows(
+        self, data_seed: int, split: str, indices: np.ndarray, image_size: int, max_objects: int
+    ) -> Chunk:
+        """The scenes at `indices` (any order, repeats allowed), in that order: one gather from each
+        chunk they fall in."""
+        count = len(indices)
+        images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
+        masks = np.empty((count, image_size, image_size), dtype=np.uint8)
+        labels = np.empty(count, dtype=np.int64)
+        captions: list[str] = [""] * count
+        firsts, which = np.unique(indices - indices % CHUNK, return_inverse=True)
+        for k, first in enumerate(firsts.tolist()):
+            chunk = self.chunk((data_seed, split, first, image_size, max_objects))
+            at = np.flatnonzero(which == k)
+            rows = indices[at] - first
+            images[at], masks[at], labels[at] = chunk.images[rows], chunk.masks[rows], chunk.labels[rows]
+            for place, caption in zip(at.tolist(), chunk.captions[rows].tolist(), strict=True):
+                captions[place] = caption
+        return Chunk(images, masks, labels, np.array(captions))
+
 
 cached_scene = SceneCache()
 
@@ -188,8 +210,18 @@ def to_sample(s: Scene | Rendered) -> Sample:
     }
 
 
+def to_batch(c: Chunk) -> Sample:
+    """The scenes of `c` as to_sample makes each, stacked (BatchDataset.batch)."""
+    return {
+        "image": torch.from_numpy(c.images).permute(0, 3, 1, 2).contiguous(),
+        "label": torch.from_numpy(c.labels),
+        "caption": c.captions.tolist(),
+        "mask": torch.from_numpy(c.masks.astype(np.int64)),
+    }
+
+
 @DATASETS.register("synthetic")
-class SyntheticShapes(PretrainDataset):
+class SyntheticShapes(BatchDataset):
     config_class = SyntheticConfig
     provides = frozenset({"image", "label", "caption", "mask"})
 
@@ -216,3 +248,14 @@ class SyntheticShapes(PretrainDataset):
         return to_sample(
             cached_scene(self.cfg.data_seed, self.split, index, self.cfg.image_size, self.cfg.max_objects)
         )
+
+    def batch(self, indices: Sequence[int]) -> Sample:
+        """A gather from the chunks' arrays, no sample made alone (BatchDataset)."""
+        at = np.asarray(indices, dtype=np.int64)
+        if at.ndim != 1 or len(at) == 0:
+            raise ValueError(f"a batch takes a non-empty list of indices, got shape {at.shape}")
+        outside = at[(at < 0) | (at >= self.length)]
+        if len(outside):
+            raise IndexError(f"index {int(outside[0])} outside the {self.length} samples of '{self.split}'")
+        cfg = self.cfg
+        return to_batch(cached_scene.rows(cfg.data_seed, self.split, at, cfg.image_size, cfg.max_objects))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from torch import nn
 
 from budgetssl.backbones.backbone import Backbone, without_drop_path
 from budgetssl.data.info import DataInfo
+from budgetssl.data.sampler import seeded
 from budgetssl.engine.schedule import Clock
 from budgetssl.engine.task import StepOutput
 from budgetssl.errors import ConfigError
@@ -145,6 +147,9 @@ class MaskedMultiView(MultiView):
 
     def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {"masks": self.masking()}
+
+    def batch_fields(self, batch: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        return {"masks": torch.stack([seeded(seed, self.masking) for seed in seeds])}
 
 
 class IBOTHead(DINOHead):

@@ -13,7 +13,7 @@ its logits, one per class, are no embedding.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,9 @@ class LabelledView(SingleView):
 
     def fields(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {"label": torch.tensor(sample["label"])}
+
+    def batch_fields(self, batch: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        return {"label": torch.as_tensor(batch["label"])}
 
 
 class StdlibSeeded:
