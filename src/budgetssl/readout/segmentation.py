@@ -26,6 +26,7 @@ are summed; rank 0 writes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from budgetssl.readout.features import compute_features
 from budgetssl.readout.linear import LinearFit, Segmentation, fit_linear
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Probe
-from budgetssl.transfer.base import build_segmentation
+from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.finetune import PROBE_SCORES, probe_config, score, write_scores
 from budgetssl.transfer.heads import LinearHead, Segmenter
 from budgetssl.transfer.views import train_view
@@ -57,6 +58,20 @@ def load_head(head: LinearHead, fit: LinearFit) -> None:
     head.norm.bias.zero_()
     head.classify.weight.copy_(fit.weight[:, :, None, None])
     head.classify.bias.copy_(fit.bias)
+
+
+def probe_views(
+    cfg: TransferConfig, train_set: SegmentationDataset, indices: list[int], seed: int, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The probe's training images in the transfer's training view, each drawn once, seeded by `seed`:
+    (images, masks) in chunks of `chunk`, in the order of `indices`."""
+    view = train_view(train_set.info, cfg.image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the views' crops and flips draw from torch's generator
+        samples = [view(train_set[i]) for i in indices]
+    images = torch.stack([s["image"] for s in samples])
+    masks = torch.stack([s["mask"] for s in samples])
+    yield from zip(images.split(chunk), masks.split(chunk), strict=True)
 
 
 def probe(
@@ -77,20 +92,19 @@ def probe(
     model.backbone.requires_grad_(False)
     device = world.device if world.distributed else resolve_device(train_cfg.device)
     model.to(device)
-    view = train_view(info, cfg.image_size)
     indices = evenly_spaced(len(train_set), readout.probe_images or len(train_set))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the views' crops and flips draw from torch's generator
-        samples = [view(train_set[i]) for i in indices]
-    images = torch.stack([s["image"] for s in samples])
-    masks = torch.stack([s["mask"] for s in samples])
+    parts: list[torch.Tensor] = []
+
+    def images() -> Iterator[torch.Tensor]:
+        for chunk, mask in probe_views(cfg, train_set, indices, seed, readout.batch_size):
+            parts.append(mask)
+            yield chunk
 
     def read(x: torch.Tensor) -> torch.Tensor:
         return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
 
-    features, feature_flops = compute_features(
-        model.backbone, read, images.split(readout.batch_size), device, count=True
-    )
+    features, feature_flops = compute_features(model.backbone, read, images(), device, count=True)
+    masks = torch.cat(parts)
     features_done = time.perf_counter()
     settings = linear_settings(readout, readout.probe_batch_size, readout.probe_lrs, model.head.norm.eps)
     fit = fit_linear(features, masks, info.num_classes, Segmentation(info.num_classes, info.ignore_index),
