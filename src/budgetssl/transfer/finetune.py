@@ -31,12 +31,13 @@ from budgetssl.engine.settings import LoopSettings
 from budgetssl.errors import ConfigError
 from budgetssl.files import write_json
 from budgetssl.meter.budget import Budget, FlopBudget, StepBudget
+from budgetssl.methods.batched import OnDevice
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
-from budgetssl.transfer.views import eval_view, full_view, train_view
+from budgetssl.transfer.views import PairCollate, batch_train_view, decoded, eval_view, full_view, train_view
 
 SCORES = "transfer_scores.json"
 PROBE_SCORES = "probe_scores.json"
@@ -122,16 +123,27 @@ def training_batches(
     cfg: TransferConfig, train_set: SegmentationDataset, train_cfg: TrainConfig, seed: int, world: World
 ) -> Batches:
     """The fine-tuning's endless stream of this rank's share of each global batch, seeded: each training
-    pair in the transfer's training view (transfer/views.py)."""
+    pair in the transfer's training view (transfer/views.py), made per sample in the data path
+    (`TrainView`, train.augment_on=loader) or, under train.augment_on=device (or auto, views.py
+    batch_train_view), on each batch on the training device as the stream hands it out
+    (`BatchTrainView` through methods/batched.py OnDevice, as pretraining's views): the loader then only
+    decodes and pads (`PairCollate`), and the steps wait for a few batched kernels instead of a view per
+    sample."""
+    info = train_set.info
     device = world.device if world.distributed else resolve_device(train_cfg.device)  # the Trainer's
+    options = LoaderOptions.for_device(train_cfg.num_workers, device)
+    batched = batch_train_view(info, cfg.image_size, train_cfg.augment_on, device, options.num_workers)
     return endless_batches(
         train_set,
-        train_view(train_set.info, cfg.image_size),
+        train_view(info, cfg.image_size) if batched is None else decoded,
         world.local_batch(cfg.batch_size, "transfer.batch_size"),
         seed,
         rank=world.rank,
         world=world.size,
-        options=LoaderOptions.for_device(train_cfg.num_workers, device),
+        options=options,
+        collate=None if batched is None else PairCollate(info),
+        after=None if batched is None else OnDevice(batched, device, seed, world.rank, world.size),
+        view_draws=batched is None,
     )
 
 

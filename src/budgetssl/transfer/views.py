@@ -1,4 +1,10 @@
-"""Joint image-and-mask transforms (transforms v2 moves masks with images, nearest-neighbour)."""
+"""Joint image-and-mask transforms (transforms v2 moves masks with images, nearest-neighbour).
+
+The fine-tuning's training view runs two ways, as a method's views do (`train.augment_on`):
+`TrainView` per sample in the data path (the reference: torchvision's own kernels, bit for bit its v2
+pipeline), and `BatchTrainView` on a whole collated batch on the training device, every random draw
+per sample, the same distributions (tests/test_transfer_views.py); `batch_train_view` says which.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,21 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from budgetssl.data.info import SegInfo
+from budgetssl.data.loader import IMAGE_SIZE, collate_images
 from budgetssl.errors import DataError
+from budgetssl.methods.augment import CROP_RATIO
+from budgetssl.methods.batched import (
+    Draws,
+    Rand,
+    chance,
+    crop_boxes,
+    nearest_crops,
+    normalize,
+    resized_crops,
+    views_on_device,
+)
+
+SCALE = (0.5, 1.0)  # the training crop's share of the image's area
 
 
 def _finish(info: SegInfo) -> list:
@@ -46,10 +66,13 @@ def check_labels(mask: torch.Tensor, info: SegInfo) -> None:
         )
 
 
+def training_crop(size: int) -> v2.RandomResizedCrop:
+    return v2.RandomResizedCrop(size, scale=SCALE, ratio=CROP_RATIO, antialias=True)
+
+
 def reference_train_view(info: SegInfo, size: int) -> SegView:
     """The fine-tuning view as a v2 pipeline: what `TrainView` computes, bit for bit (tested)."""
-    crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)
-    return SegView(v2.Compose([crop, v2.RandomHorizontalFlip(), *_finish(info)]), info)
+    return SegView(v2.Compose([training_crop(size), v2.RandomHorizontalFlip(), *_finish(info)]), info)
 
 
 class TrainView:
@@ -60,7 +83,7 @@ class TrainView:
     cost, where the transfer's steps wait for data much of their time (benchmarks/README.md)."""
 
     def __init__(self, info: SegInfo, size: int) -> None:
-        self.crop = v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)
+        self.crop = training_crop(size)
         self.size = [size, size]
         self.mean, self.std = list(info.mean), list(info.std)
         self.info = info
@@ -82,6 +105,80 @@ class TrainView:
 
 def train_view(info: SegInfo, size: int) -> TrainView:
     return TrainView(info, size)
+
+
+class BatchTrainView:
+    """`TrainView` on a whole batch on the training device (train.augment_on=device): the batch the
+    loader collated (`PairCollate`: uint8 images and masks padded to the largest, each pair's size in
+    `image_size`) -> {"image": (B, 3, size, size) normalised, "mask": (B, size, size) int64}.
+
+    Per sample, from `draws`: a box by torchvision's RandomResizedCrop sampler (methods/batched.py
+    crop_boxes, area SCALE, aspect CROP_RATIO) and a flip with probability 0.5, both applied to image
+    and mask. The image is resampled as v2's antialiased bilinear resize does (batched.resized_crops:
+    torch's antialias weights), in float32, where v2's uint8 kernel rounds (within a grey level); the mask
+    takes the pixels v2's NEAREST picks (batched.nearest_crops), exactly. Where `TrainView` draws from
+    torch's global generator sample by sample, this draws every sample's numbers at once, so the two
+    paths agree in distribution, not draw for draw (tests/test_transfer_views.py)."""
+
+    def __init__(self, info: SegInfo, size: int) -> None:
+        self.size = size
+        self.mean, self.std = tuple(info.mean), tuple(info.std)
+
+    def params(self, sizes: torch.Tensor, rand: Rand) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Each sample's crop box (top, left, height, width) within its own (height, width) `sizes`
+        and whether it is flipped."""
+        return crop_boxes(sizes, SCALE, CROP_RATIO, rand), chance(rand, 0.5)
+
+    def apply(
+        self, images: torch.Tensor, masks: torch.Tensor, boxes: tuple[torch.Tensor, ...], flip: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The views of uint8 `images` (B, 3, H, W) and `masks` (B, H, W) for the given boxes and flips."""
+        x = resized_crops(images.float().div_(255), boxes, self.size, "bilinear", flip)
+        return {
+            "image": normalize(x, self.mean, self.std),
+            "mask": nearest_crops(masks, boxes, self.size, flip).long(),
+        }
+
+    def __call__(self, batch: dict[str, Any], draws: Draws) -> dict[str, Any]:
+        images = batch["image"]
+        boxes, flip = self.params(batch[IMAGE_SIZE], draws.rows(1, images.shape[0]))
+        return self.apply(images, batch["mask"], boxes, flip)
+
+
+def decoded(sample: dict[str, Any]) -> dict[str, Any]:
+    """The loader's part of a training pair under augment_on=device: the decoded image and mask as they
+    are (BatchTrainView views them on the device)."""
+    return {"image": sample["image"], "mask": sample["mask"]}
+
+
+class PairCollate:
+    """The loader's batch of decoded pairs for BatchTrainView: data/loader.py collate_images, the masks
+    padded with the ignore index (so that padding is never a class) and checked once per batch, here on
+    the host (in the data-loader workers where there are some), so that the device is never waited on
+    for the check; the check covers the whole mask, not only the pixels a crop keeps, stricter than
+    `TrainView`'s. Masks whose labels fit in a byte cross to the device as uint8 (an eighth of int64's
+    bytes)."""
+
+    def __init__(self, info: SegInfo) -> None:
+        self.info = info
+        self.narrow = info.num_classes <= 256 and 0 <= info.ignore_index <= 255
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collate_images(samples, fill={"mask": self.info.ignore_index})
+        check_labels(batch["mask"], self.info)
+        if self.narrow:
+            batch["mask"] = batch["mask"].to(torch.uint8)
+        return batch
+
+
+def batch_train_view(
+    info: SegInfo, size: int, augment_on: str, device: torch.device, workers: int
+) -> BatchTrainView | None:
+    """The batched training view where `train.augment_on` puts the views on the device
+    (methods/batched.py views_on_device: auto does, unless a CPU run has data-loader workers to make
+    them per sample beside the step), else None: `TrainView` per sample in the loader, kept as the
+    reference the batched view is tested against and for runs where the loader's cores are free."""
+    return BatchTrainView(info, size) if views_on_device(augment_on, device, workers) else None
 
 
 def eval_view(info: SegInfo, size: int) -> SegView:
