@@ -109,13 +109,14 @@ def measure_probe(overrides: list[str]) -> dict[str, float]:
     model = segmenter(cfg, build_backbone(run.backbone, cfg.image_size), info, World())
     indices = evenly_spaced(len(train_set), readout.probe_images or len(train_set))
     t0 = time.perf_counter()
-    chunks = list(probe_views(cfg, train_set, indices, run.seed, readout.batch_size))
+    cpu = torch.device("cpu")
+    chunks = list(probe_views(cfg, train_set, indices, run.seed, readout.batch_size, run.train, cpu))
     t1 = time.perf_counter()
 
     def read(x: torch.Tensor) -> torch.Tensor:
         return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
 
-    features, _ = compute_features(model.backbone, read, [c[0] for c in chunks], torch.device("cpu"))
+    features, _ = compute_features(model.backbone, read, [c[0] for c in chunks], cpu)
     t2 = time.perf_counter()
     masks = torch.cat([c[1] for c in chunks])
     settings = linear_settings(readout, readout.probe_batch_size, readout.probe_lrs, model.head.norm.eps)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from budgetssl.engine.distributed import World
 from budgetssl.errors import DataError
 from budgetssl.methods import batched
 from budgetssl.methods.batched import OnDevice, nearest_indices
+from budgetssl.readout.segmentation import probe_views
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.finetune import training_batches
 from budgetssl.transfer.views import BatchTrainView, PairCollate, batch_train_view, decoded, train_view
@@ -303,14 +305,38 @@ def test_augment_on_chooses_the_path_and_either_stream_gives_the_same_batch_shap
     )
 
 
-def test_a_transfer_runs_on_either_path(tmp_path):
+def test_the_probes_views_are_drawn_once_batched_and_seeded():
+    run = run_config(*TINY, *VIEWS_BATCH)
+    train_set = build_segmentation(run.transfer, "train")
+    indices = list(range(0, 60, 2))
+
+    def views(seed: int, augment_on: str = "auto") -> list[tuple[torch.Tensor, torch.Tensor]]:
+        train = replace(run.train, augment_on=augment_on)
+        return list(probe_views(run.transfer, train_set, indices, seed, 12, train, torch.device("cpu")))
+
+    first = views(0)
+    assert [tuple(m.shape) for _, m in first] == [(12, 16, 16), (12, 16, 16), (6, 16, 16)]
+    assert [tuple(x.shape) for x, _ in first] == [(12, 3, 16, 16), (12, 3, 16, 16), (6, 3, 16, 16)]
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, views(0), strict=True)
+    )
+    assert not torch.equal(first[0][0], views(1)[0][0])  # the run's seed draws them
+    # The reference path gives the same images in the same order, in other crops.
+    reference = views(0, "loader")
+    assert [tuple(m.shape) for _, m in reference] == [tuple(m.shape) for _, m in first]
+    assert not torch.equal(reference[0][0], first[0][0])
+
+
+def test_a_transfer_and_its_probe_run_on_either_path(tmp_path):
     records = {}
     for path in ("loader", "device"):
         folder = tmp_path / path
         overrides = [
             *VIEWS_BATCH,
             "transfer.steps=3",
+            "transfer.probe=true",
             "readout.classify=false",
+            "readout.probe_images=32",
         ]
         assert (
             run_in_process("budgetssl-transfer", *TINY, *overrides, f"train.augment_on={path}", folder=folder)
@@ -318,8 +344,10 @@ def test_a_transfer_runs_on_either_path(tmp_path):
         )
         records[path] = summary(folder)
         assert records[path]["status"] == "completed"
-        assert 0 <= records[path]["miou"] <= 100
-    for key in ("transfer_flops_per_step", "transfer_flops"):
+        assert 0 <= records[path]["miou"] <= 100 and 0 <= records[path]["probe_miou"] <= 100
+    assert records["loader"]["probe_protocol"]["views"].endswith("per sample")
+    assert records["device"]["probe_protocol"]["views"].endswith("batched on the device")
+    for key in ("transfer_flops_per_step", "transfer_flops", "probe_feature_flops", "probe_images"):
         assert records["device"][key] == records["loader"][key], key  # the views are data work, not FLOPs
     # The two paths drew different views: the losses differ.
     assert records["device"]["transfer_final_loss"] != records["loader"]["transfer_final_loss"]
