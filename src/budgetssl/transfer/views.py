@@ -112,13 +112,15 @@ class BatchTrainView:
     loader collated (`PairCollate`: uint8 images and masks padded to the largest, each pair's size in
     `image_size`) -> {"image": (B, 3, size, size) normalised, "mask": (B, size, size) int64}.
 
-    Per sample, from `draws`: a box by torchvision's RandomResizedCrop sampler (methods/batched.py
-    crop_boxes, area SCALE, aspect CROP_RATIO) and a flip with probability 0.5, both applied to image
-    and mask. The image is resampled as v2's antialiased bilinear resize does (batched.resized_crops:
-    torch's antialias weights), in float32, where v2's uint8 kernel rounds (within a grey level); the mask
-    takes the pixels v2's NEAREST picks (batched.nearest_crops), exactly. Where `TrainView` draws from
-    torch's global generator sample by sample, this draws every sample's numbers at once, so the two
-    paths agree in distribution, not draw for draw (tests/test_transfer_views.py)."""
+    Per sample, from `draws`: a box by torchvision's RandomResizedCrop sampler (transforms/v2/
+    _geometry.py RandomResizedCrop.make_params, as methods/batched.py crop_boxes runs it: area SCALE,
+    aspect CROP_RATIO) and a flip with probability 0.5 (RandomHorizontalFlip there), both applied to
+    image and mask. The image is resampled as v2's antialiased bilinear resize (v2/functional/
+    _geometry.py resize_image; batched.resized_crops: torch's antialias weights), in float32, where
+    v2's uint8 kernel rounds (within a grey level); the mask takes the pixels v2's NEAREST picks
+    (resize_mask; batched.nearest_crops), exactly. Where `TrainView` draws from torch's global
+    generator sample by sample, this draws every sample's numbers at once, so the two paths agree in
+    distribution, not draw for draw (tests/test_transfer_views.py)."""
 
     def __init__(self, info: SegInfo, size: int) -> None:
         self.size = size
