@@ -23,7 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from budgetssl.data.info import SegInfo
-from budgetssl.data.loader import IMAGE_SIZE, Position
+from budgetssl.data.loader import IMAGE_SIZE, BatchFetch, Position
 from budgetssl.engine.distributed import World
 from budgetssl.errors import DataError
 from budgetssl.methods import batched
@@ -31,7 +31,7 @@ from budgetssl.methods.batched import OnDevice, nearest_indices
 from budgetssl.readout.segmentation import probe_views
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.finetune import training_batches
-from budgetssl.transfer.views import BatchTrainView, PairCollate, batch_train_view, decoded, train_view
+from budgetssl.transfer.views import BatchTrainView, PairLoaderPart, batch_train_view, train_view
 from conftest import TINY, run_config, run_in_process, summary
 from test_augment_batched import assert_rate, assert_same_categorical, assert_same_continuous
 
@@ -54,10 +54,16 @@ def pair(height: int, width: int, generator: torch.Generator, labels: int = 6) -
     return {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask)}
 
 
+def collated(info: SegInfo, samples: list[dict]) -> dict:
+    """`samples` batched as the loader batches them under augment_on=device, one by one."""
+    part = PairLoaderPart(info)
+    return part.collate([part(s) for s in samples])
+
+
 def batched_views(view: BatchTrainView, samples: list[dict], seed: int) -> dict:
     """The views of `samples` as the fine-tuning makes them under augment_on=device: collated by the
-    loader's PairCollate, viewed on the batch by OnDevice."""
-    batch = PairCollate(INFO if view.size == 16 else INFO)([decoded(s) for s in samples])
+    loader's PairLoaderPart, viewed on the batch by OnDevice."""
+    batch = collated(INFO, samples)
     return OnDevice(view, torch.device("cpu"), seed)(batch, Position())
 
 
@@ -92,7 +98,7 @@ def test_given_a_box_and_a_flip_the_mask_is_torchvisions_nearest_and_the_image_i
     sizes = [(20, 28) if left + width > 17 else (20, 17) for _, left, _, width in BOXES]
     samples = [pair(h, w, g) for h, w in sizes] * 2
     flips = torch.tensor([False] * len(BOXES) + [True] * len(BOXES))
-    batch = PairCollate(INFO)([decoded(s) for s in samples])
+    batch = collated(INFO, samples)
     assert (
         batch["image"].shape == (len(samples), 3, 20, 28)
         and batch[IMAGE_SIZE].tolist() == [[*hw] for hw in sizes] * 2
@@ -121,7 +127,7 @@ def test_given_a_box_and_a_flip_the_mask_is_torchvisions_nearest_and_the_image_i
 def test_the_batched_view_never_waits_for_the_device():
     """On fake CUDA tensors (no GPU needed) any read of the device's data on the host raises
     (DataDependentOutputException): the batched view reads none; the label check happens before it, on
-    the host, in the loader's collate (PairCollate)."""
+    the host, in the loader's part (PairLoaderPart)."""
     n = 8
     view = BatchTrainView(INFO, 16)
     batched.constant.cache_clear()  # its copies made under the fake mode must not outlive it
@@ -150,7 +156,7 @@ def test_padding_is_ignored_and_never_read():
     samples = [pair(h, w, g, labels=3) for h, w in [(10, 14), (16, 9), (12, 12)]]
     for s in samples:
         s["mask"][s["mask"] == 255] = 0  # no ignored pixel of their own: any 255 in a view is padding
-    batch = PairCollate(INFO)([decoded(s) for s in samples])
+    batch = collated(INFO, samples)
     assert batch["mask"].shape == (3, 16, 14) and batch["mask"].dtype == torch.uint8
     for i, s in enumerate(samples):
         h, w = s["mask"].shape
@@ -175,21 +181,39 @@ def test_padding_is_ignored_and_never_read():
 
 def test_a_label_outside_the_class_list_is_refused_once_per_batch_on_the_host():
     g = torch.Generator().manual_seed(2)
-    samples = [decoded(pair(12, 12, g)) for _ in range(4)]
-    PairCollate(INFO)(samples)  # labels 0..5 and 255 (ignored): fine
+    samples = [pair(12, 12, g) for _ in range(4)]
+    part = PairLoaderPart(INFO)
+    whole = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "mask": torch.stack([s["mask"] for s in samples]),
+    }
+    assert part.collate(samples)["mask"].dtype == part.batch(whole, [])["mask"].dtype == torch.uint8  # fine
     samples[2]["mask"][3, 4] = 7
-    with pytest.raises(DataError, match=r"holds label 7, but the transfer dataset has 6 classes"):
-        PairCollate(INFO)(samples)
+    whole["mask"][2, 3, 4] = 7
+    for made in (lambda: part.collate(samples), lambda: part.batch(whole, [])):
+        with pytest.raises(DataError, match=r"holds label 7, but the transfer dataset has 6 classes"):
+            made()
     # Labels that do not fit in a byte stay int64.
     wide = SegInfo(image_size=16, class_names=tuple(f"c{i}" for i in range(300)), ignore_index=-1)
     samples[2]["mask"][3, 4] = 299
-    samples[0]["mask"][samples[0]["mask"] == 255] = -1
-    samples[1]["mask"][samples[1]["mask"] == 255] = -1
-    samples[2]["mask"][samples[2]["mask"] == 255] = -1
-    samples[3]["mask"][samples[3]["mask"] == 255] = -1
-    assert PairCollate(wide)(samples)["mask"].dtype == torch.int64
+    for s in samples:
+        s["mask"][s["mask"] == 255] = -1
+    assert PairLoaderPart(wide).collate(samples)["mask"].dtype == torch.int64
     with pytest.raises(DataError, match="must be the same size"):
-        PairCollate(INFO)([{"image": samples[0]["image"], "mask": samples[0]["mask"][:10]}])
+        part.collate([{"image": samples[0]["image"], "mask": samples[0]["mask"][:10]}])
+
+
+def test_the_synthetic_sets_whole_batch_is_its_pairs_collated():
+    train_set = build_segmentation(run_config(*TINY).transfer, "train")
+    part = PairLoaderPart(train_set.info)
+    at = [5, 0, 63, 5, 17]
+    whole = part.batch(train_set.batch(at), [])
+    one_by_one = part.collate([part(train_set[i]) for i in at])
+    assert whole.keys() == one_by_one.keys() == {"image", "mask", IMAGE_SIZE}
+    for key in whole:
+        assert torch.equal(whole[key], one_by_one[key]) and whole[key].dtype == one_by_one[key].dtype, key
+    with pytest.raises(IndexError, match="index 64 outside the 64 pairs"):
+        train_set.batch([3, 64])
 
 
 # In distribution: boxes, flips, pixels and labels of the views.
@@ -213,7 +237,7 @@ def test_crop_boxes_and_flips_follow_the_per_sample_view():
         "mask": tv_tensors.Mask(mask),
     }
     loader = per_sample_views([sample] * n, seed=0, info=info)["mask"]
-    batch = PairCollate(info)([decoded(sample)] * n)
+    batch = collated(info, [sample] * n)
     device = OnDevice(BatchTrainView(info, 16), torch.device("cpu"), 3)(batch, Position())["mask"]
     found = {}
     for path, masks in (("loader", loader), ("device", device)):
@@ -267,7 +291,7 @@ def test_views_pixels_and_labels_agree_in_distribution():
 
 def test_two_ranks_view_their_halves_of_a_batch_as_one_process_views_the_whole():
     samples = transfer_scenes()[:8]
-    batch = PairCollate(INFO)([decoded(s) for s in samples])
+    batch = collated(INFO, samples)
     view = BatchTrainView(INFO, 16)
     where = Position(epoch=2, in_epoch=3)
     one = OnDevice(view, torch.device("cpu"), seed=5)(batch, where)
@@ -295,6 +319,8 @@ def test_augment_on_chooses_the_path_and_either_stream_gives_the_same_batch_shap
         batches = training_batches(run.transfer, train_set, run.train, run.seed, World())
         batch = next(batches)
         got[where] = {k: (tuple(v.shape), v.dtype) for k, v in batch.items()}
+        # The synthetic set's batches are fetched whole where the views are made on the batch.
+        assert isinstance(batches.loader.dataset, BatchFetch) == (where == "device")
     assert (
         got["loader"]
         == got["device"]

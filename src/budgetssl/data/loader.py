@@ -7,7 +7,7 @@ counted in shared memory (SkipCounter), so the count made in worker processes re
 Under `train.augment_on=device` the worker's view only decodes (methods/batched.py LoaderPart), batches
 of images of several sizes are padded to the largest (`collate_images`), and the stream hands each batch
 to an `after` hook that makes the views on the training device. Where that view also takes a whole batch
-(BatchView) and the dataset gives one (data/base.py BatchDataset: the synthetic set), a batch is one
+(BatchView) and the dataset gives one (data/base.py WholeBatches: the synthetic sets), a batch is one
 fetch of the batch's indices (BatchFetch, keyed by EpochBatchSampler): the same batches, value for value,
 without a dict per sample or a collation; workers, if any, prefetch whole batches.
 """
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from budgetssl.data.base import BatchDataset, StreamingDataset
+from budgetssl.data.base import StreamingDataset, WholeBatches
 from budgetssl.data.corrupt import SKIPPED, SkipCounter
 from budgetssl.data.sampler import EpochBatchSampler, EpochSampler, Seeded
 from budgetssl.errors import ConfigError, DataError
@@ -128,8 +128,8 @@ def one_size(images: torch.Tensor) -> dict[str, Any]:
 
 class BatchView:
     """A per-sample view (`__call__`) that also makes a whole batch: `batch(samples, seeds)` of a
-    BatchDataset's batch and its samples' seeds (data/sampler.py: the seeds the per-sample path forks
-    the RNG with) gives what `collate` of the per-sample views gives, the same values, in one go."""
+    WholeBatches dataset's batch and its samples' seeds (data/sampler.py: the seeds the per-sample path
+    forks the RNG with) gives what `collate` of the per-sample views gives, the same values, in one go."""
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -165,7 +165,7 @@ class BatchFetch(Dataset):
     """`dataset`'s batch through `view.batch`, keyed by the batch's (index, seed) keys (EpochBatchSampler):
     one fetch a batch, in the worker where there are workers."""
 
-    def __init__(self, dataset: BatchDataset, view: BatchView, counter: SkipCounter | None = None) -> None:
+    def __init__(self, dataset: WholeBatches, view: BatchView, counter: SkipCounter | None = None) -> None:
         self.dataset = dataset
         self.view = view
         self.counter = counter
@@ -318,7 +318,7 @@ def endless_batches(
     split by EpochSampler, and a stream splits its shards by rank itself. `options` (else `num_workers`,
     "auto" for the device torch sees, and `pin_memory`) say how the DataLoader runs; `collate` makes a
     batch of samples, `after` runs on each collated batch (augment_on=device). A BatchView on a
-    BatchDataset makes each batch in one fetch instead (`collate` unused): the same batches.
+    WholeBatches dataset makes each batch in one fetch instead (`collate` unused): the same batches.
     `view_draws=False` says that `view` draws no random number (it only decodes): an indexed dataset's
     samples are then not reseeded one by one (sampler.Seeded).
     """
@@ -350,7 +350,7 @@ def endless_batches(
             f"the dataset has {size} samples, fewer than one batch of {batch_size * world}; "
             f"lower the batch size or use more data"
         )
-    if isinstance(dataset, BatchDataset) and isinstance(view, BatchView):
+    if isinstance(dataset, WholeBatches) and isinstance(view, BatchView):
         fetch = BatchFetch(dataset, view, counter)
         sampler = EpochBatchSampler(size, batch_size, seed, rank, world)
         whole = common | dict(batch_size=None, drop_last=False, collate_fn=as_fetched)  # full by the sampler

@@ -48,7 +48,7 @@ from budgetssl.record.sections import Probe
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.finetune import PROBE_SCORES, probe_config, score, write_scores
 from budgetssl.transfer.heads import LinearHead, Segmenter
-from budgetssl.transfer.views import BatchTrainView, PairCollate, batch_train_view, decoded, train_view
+from budgetssl.transfer.views import BatchTrainView, PairLoaderPart, batch_train_view, train_view
 
 STAGE = "probe"
 
@@ -103,10 +103,11 @@ def probe_views(
         yield from zip(images.split(chunk), masks.split(chunk), strict=True)
         return
     options = LoaderOptions.for_device(train_cfg.num_workers, device)
+    part = PairLoaderPart(info)
     loader = DataLoader(
-        Viewed(Subset(train_set, indices), decoded),
+        Viewed(Subset(train_set, indices), part),
         batch_size=chunk,
-        collate_fn=PairCollate(info),
+        collate_fn=part.collate,
         num_workers=options.num_workers,
         pin_memory=options.pin_memory,
     )

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import TrainConfig, TransferConfig
 from budgetssl.data.info import SegInfo
-from budgetssl.data.loader import Batches, LoaderOptions, Viewed, endless_batches
+from budgetssl.data.loader import Batches, LoaderOptions, View, Viewed, endless_batches
 from budgetssl.engine import distributed
 from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.distributed import World
@@ -37,7 +37,7 @@ from budgetssl.record.sections import Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
-from budgetssl.transfer.views import PairCollate, batch_train_view, decoded, eval_view, full_view, train_view
+from budgetssl.transfer.views import PairLoaderPart, batch_train_view, eval_view, full_view, train_view
 
 SCORES = "transfer_scores.json"
 PROBE_SCORES = "probe_scores.json"
@@ -127,22 +127,29 @@ def training_batches(
     (`TrainView`, train.augment_on=loader) or, under train.augment_on=device (or auto, views.py
     batch_train_view), on each batch on the training device as the stream hands it out
     (`BatchTrainView` through methods/batched.py OnDevice, as pretraining's views): the loader then only
-    decodes and pads (`PairCollate`), and the steps wait for a few batched kernels instead of a view per
-    sample."""
+    decodes, pads and checks the labels (`PairLoaderPart`; a dataset that gives whole batches, the
+    synthetic one, in one fetch a batch), and the steps wait for a few batched kernels instead of a view
+    per sample."""
     info = train_set.info
     device = world.device if world.distributed else resolve_device(train_cfg.device)  # the Trainer's
     options = LoaderOptions.for_device(train_cfg.num_workers, device)
     batched = batch_train_view(info, cfg.image_size, train_cfg.augment_on, device, options.num_workers)
+    if batched is None:
+        view: View = train_view(info, cfg.image_size)
+        collate, after = None, None
+    else:
+        part = PairLoaderPart(info)
+        view, collate, after = part, part.collate, OnDevice(batched, device, seed, world.rank, world.size)
     return endless_batches(
         train_set,
-        train_view(info, cfg.image_size) if batched is None else decoded,
+        view,
         world.local_batch(cfg.batch_size, "transfer.batch_size"),
         seed,
         rank=world.rank,
         world=world.size,
         options=options,
-        collate=None if batched is None else PairCollate(info),
-        after=None if batched is None else OnDevice(batched, device, seed, world.rank, world.size),
+        collate=collate,
+        after=after,
         view_draws=batched is None,
     )
 

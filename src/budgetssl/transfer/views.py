@@ -8,6 +8,7 @@ per sample, the same distributions (tests/test_transfer_views.py); `batch_train_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from budgetssl.data.info import SegInfo
-from budgetssl.data.loader import IMAGE_SIZE, collate_images
+from budgetssl.data.loader import IMAGE_SIZE, BatchView, collate_images, one_size
 from budgetssl.errors import DataError
 from budgetssl.methods.augment import CROP_RATIO
 from budgetssl.methods.batched import (
@@ -109,7 +110,7 @@ def train_view(info: SegInfo, size: int) -> TrainView:
 
 class BatchTrainView:
     """`TrainView` on a whole batch on the training device (train.augment_on=device): the batch the
-    loader collated (`PairCollate`: uint8 images and masks padded to the largest, each pair's size in
+    loader collated (`PairLoaderPart`: uint8 images and masks padded to the largest, each pair's size in
     `image_size`) -> {"image": (B, 3, size, size) normalised, "mask": (B, size, size) int64}.
 
     Per sample, from `draws`: a box by torchvision's RandomResizedCrop sampler (transforms/v2/
@@ -147,26 +148,30 @@ class BatchTrainView:
         return self.apply(images, batch["mask"], boxes, flip)
 
 
-def decoded(sample: dict[str, Any]) -> dict[str, Any]:
-    """The loader's part of a training pair under augment_on=device: the decoded image and mask as they
-    are (BatchTrainView views them on the device)."""
-    return {"image": sample["image"], "mask": sample["mask"]}
-
-
-class PairCollate:
-    """The loader's batch of decoded pairs for BatchTrainView: data/loader.py collate_images, the masks
-    padded with the ignore index (so that padding is never a class) and checked once per batch, here on
-    the host (in the data-loader workers where there are some), so that the device is never waited on
-    for the check; the check covers the whole mask, not only the pixels a crop keeps, stricter than
-    `TrainView`'s. Masks whose labels fit in a byte cross to the device as uint8 (an eighth of int64's
-    bytes)."""
+class PairLoaderPart(BatchView):
+    """The loader's part of the training pairs under augment_on=device, for BatchTrainView: each pair
+    as it was decoded (`__call__`), batched by `collate` (data/loader.py collate_images, the masks padded
+    with the ignore index, so that padding is never a class) or, where the dataset gives whole batches
+    (data/base.py WholeBatches: the synthetic set), taken whole (`batch`: the same values). Either way
+    the batch's labels are checked once, here on the host (in the data-loader workers where there are
+    some), so that the device is never waited on for the check; it covers the whole mask, not only the
+    pixels a crop keeps, stricter than `TrainView`'s. Masks whose labels fit in a byte cross to the
+    device as uint8 (an eighth of int64's bytes)."""
 
     def __init__(self, info: SegInfo) -> None:
         self.info = info
         self.narrow = info.num_classes <= 256 and 0 <= info.ignore_index <= 255
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate_images(samples, fill={"mask": self.info.ignore_index})
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {"image": sample["image"], "mask": sample["mask"]}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.checked(collate_images(samples, fill={"mask": self.info.ignore_index}))
+
+    def batch(self, samples: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+        return self.checked({**one_size(samples["image"]), "mask": samples["mask"]})
+
+    def checked(self, batch: dict[str, Any]) -> dict[str, Any]:
         check_labels(batch["mask"], self.info)
         if self.narrow:
             batch["mask"] = batch["mask"].to(torch.uint8)
