@@ -39,7 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 INFO = SegInfo(image_size=16, class_names=("background", "a", "b", "c", "d", "e"), ignore_index=255)
 # v2's uint8 antialiased resize (torch's native uint8 kernel) rounds to a grey level after each of its
-# two separable passes: within one level of the float resize.
+# two separable passes: within one level of the float resize (on average 0.06 of a level above it,
+# measured on random 16-px images and boxes; the views' means below allow for the whole level).
 UINT8_ROUNDING = 1 / 255
 # train.augment_on=device is refused for the default method's RandAugment (pretraining's views, which
 # only run per sample): these runs take a method whose views batch.
