@@ -46,17 +46,22 @@ class PretrainDataset(DatasetFields, Dataset):
         raise NotImplementedError
 
 
-class BatchDataset(PretrainDataset):
-    """An indexed dataset that also gives a whole batch in one call (the built-in synthetic set: one
-    gather from its stored scenes), so that where the view takes a batch too (data/loader.py BatchView)
-    the loader makes no per-sample dicts and collates nothing: at the demo's sizes those cost more than a
-    batch's views on the device (benchmarks/README.md, augment_on.py)."""
+class WholeBatches:
+    """An indexed dataset that also gives a whole batch in one call (the built-in synthetic sets, for
+    pretraining and for the transfer: one gather from their stored scenes), so that where the view takes
+    a batch too (data/loader.py BatchView) the loader makes no per-sample dicts and collates nothing: at
+    the demo's sizes those cost more than a batch's views on the device (benchmarks/README.md,
+    augment_on.py)."""
 
     def batch(self, indices: Sequence[int]) -> Sample:
         """The samples at `indices`, in that order, as one dict: `image` (B, C, H, W) uint8, every image of
         one size; each other field as default_collate stacks the samples' (numbers and arrays as tensors),
         text as a list of str. The same values as `self[i]` for each index; IndexError for one outside."""
         raise NotImplementedError
+
+
+class BatchDataset(WholeBatches, PretrainDataset):
+    """A pretraining dataset that gives whole batches (WholeBatches)."""
 
 
 def ignore(n: int) -> None:

@@ -7,7 +7,7 @@ counted in shared memory (SkipCounter), so the count made in worker processes re
 Under `train.augment_on=device` the worker's view only decodes (methods/batched.py LoaderPart), batches
 of images of several sizes are padded to the largest (`collate_images`), and the stream hands each batch
 to an `after` hook that makes the views on the training device. Where that view also takes a whole batch
-(BatchView) and the dataset gives one (data/base.py BatchDataset: the synthetic set), a batch is one
+(BatchView) and the dataset gives one (data/base.py WholeBatches: the synthetic sets), a batch is one
 fetch of the batch's indices (BatchFetch, keyed by EpochBatchSampler): the same batches, value for value,
 without a dict per sample or a collation; workers, if any, prefetch whole batches.
 """
@@ -15,7 +15,7 @@ without a dict per sample or a collation; workers, if any, prefetch whole batche
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from budgetssl.data.base import BatchDataset, StreamingDataset
+from budgetssl.data.base import StreamingDataset, WholeBatches
 from budgetssl.data.corrupt import SKIPPED, SkipCounter
 from budgetssl.data.sampler import EpochBatchSampler, EpochSampler, Seeded
 from budgetssl.errors import ConfigError, DataError
@@ -82,21 +82,42 @@ class LoaderOptions:
         return cls(workers, pin_memory=cuda, prefetch_factor=CUDA_PREFETCH if cuda and workers else None)
 
 
-def collate_images(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def padded(
+    tensors: list[torch.Tensor], sizes: list[tuple[int, int]], height: int, width: int, value: int = 0
+) -> torch.Tensor:
+    """`tensors` of (height, width) `sizes` stacked, each padded at the bottom and right to (height,
+    width) with `value`."""
+    return torch.stack(
+        [
+            t if size == (height, width) else F.pad(t, (0, width - size[1], 0, height - size[0]), value=value)
+            for t, size in zip(tensors, sizes, strict=True)
+        ]
+    )
+
+
+def collate_images(samples: list[dict[str, Any]], fill: Mapping[str, int] | None = None) -> dict[str, Any]:
     """A batch of decoded images (and the samples' other fields): images of different sizes are padded
-    at the bottom and right to the largest, and `image_size` (B, 2) holds each one's height and width."""
+    at the bottom and right to the largest, and `image_size` (B, 2) holds each one's height and width.
+    The fields `fill` names are laid out like their image (a segmentation mask, (H, W)) and padded the
+    same way with their own value (a mask's ignore index, so that padding is never a class); each must
+    have its image's height and width."""
+    fill = fill or {}
     images = [s["image"].as_subclass(torch.Tensor) for s in samples]
-    height = max(int(im.shape[-2]) for im in images)
-    width = max(int(im.shape[-1]) for im in images)
-    padded = [
-        im
-        if im.shape[-2:] == (height, width)
-        else F.pad(im, (0, width - im.shape[-1], 0, height - im.shape[-2]))
-        for im in images
-    ]
-    rest = default_collate([{k: v for k, v in s.items() if k != "image"} for s in samples])
-    sizes = torch.tensor([tuple(im.shape[-2:]) for im in images], dtype=torch.int64)
-    return {"image": torch.stack(padded), IMAGE_SIZE: sizes, **rest}
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    out = {"image": padded(images, sizes, height, width)}
+    for key, value in fill.items():
+        fields = [s[key].as_subclass(torch.Tensor) for s in samples]
+        for field, size in zip(fields, sizes, strict=True):
+            if tuple(field.shape[-2:]) != size:
+                raise DataError(
+                    f"a sample's {key} is {tuple(field.shape[-2:])} but its image is {size} (height, "
+                    f"width): they must be the same size"
+                )
+        out[key] = padded(fields, sizes, height, width, value)
+    others = [{k: v for k, v in s.items() if k != "image" and k not in fill} for s in samples]
+    rest = default_collate(others) if others[0] else {}
+    return {**out, IMAGE_SIZE: torch.tensor(sizes, dtype=torch.int64), **rest}
 
 
 def one_size(images: torch.Tensor) -> dict[str, Any]:
@@ -107,8 +128,8 @@ def one_size(images: torch.Tensor) -> dict[str, Any]:
 
 class BatchView:
     """A per-sample view (`__call__`) that also makes a whole batch: `batch(samples, seeds)` of a
-    BatchDataset's batch and its samples' seeds (data/sampler.py: the seeds the per-sample path forks
-    the RNG with) gives what `collate` of the per-sample views gives, the same values, in one go."""
+    WholeBatches dataset's batch and its samples' seeds (data/sampler.py: the seeds the per-sample path
+    forks the RNG with) gives what `collate` of the per-sample views gives, the same values, in one go."""
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -144,7 +165,7 @@ class BatchFetch(Dataset):
     """`dataset`'s batch through `view.batch`, keyed by the batch's (index, seed) keys (EpochBatchSampler):
     one fetch a batch, in the worker where there are workers."""
 
-    def __init__(self, dataset: BatchDataset, view: BatchView, counter: SkipCounter | None = None) -> None:
+    def __init__(self, dataset: WholeBatches, view: BatchView, counter: SkipCounter | None = None) -> None:
         self.dataset = dataset
         self.view = view
         self.counter = counter
@@ -289,6 +310,7 @@ def endless_batches(
     options: LoaderOptions | None = None,
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     after: After | None = None,
+    view_draws: bool = True,
 ) -> Batches:
     """Full batches forever, a fresh shuffle each epoch, all determined by `seed`.
 
@@ -296,7 +318,9 @@ def endless_batches(
     split by EpochSampler, and a stream splits its shards by rank itself. `options` (else `num_workers`,
     "auto" for the device torch sees, and `pin_memory`) say how the DataLoader runs; `collate` makes a
     batch of samples, `after` runs on each collated batch (augment_on=device). A BatchView on a
-    BatchDataset makes each batch in one fetch instead (`collate` unused): the same batches.
+    WholeBatches dataset makes each batch in one fetch instead (`collate` unused): the same batches.
+    `view_draws=False` says that `view` draws no random number (it only decodes): an indexed dataset's
+    samples are then not reseeded one by one (sampler.Seeded).
     """
     if options is None:
         if num_workers == "auto":
@@ -326,11 +350,11 @@ def endless_batches(
             f"the dataset has {size} samples, fewer than one batch of {batch_size * world}; "
             f"lower the batch size or use more data"
         )
-    if isinstance(dataset, BatchDataset) and isinstance(view, BatchView):
+    if isinstance(dataset, WholeBatches) and isinstance(view, BatchView):
         fetch = BatchFetch(dataset, view, counter)
         sampler = EpochBatchSampler(size, batch_size, seed, rank, world)
         whole = common | dict(batch_size=None, drop_last=False, collate_fn=as_fetched)  # full by the sampler
         return Batches(DataLoader(fetch, sampler=sampler, **whole), batch_size, counter, after)
     sampler = EpochSampler(size, batch_size, seed, rank, world)
-    viewed_set = Seeded(Viewed(dataset, view, counter))
+    viewed_set = Seeded(Viewed(dataset, view, counter), reseed=view_draws)
     return Batches(DataLoader(viewed_set, sampler=sampler, **common), batch_size, counter, after)

@@ -95,14 +95,19 @@ def seeded(seed: int, make: Callable[[], T]) -> T:
 
 class Seeded(Dataset):
     """`dataset[index]` (views made there) with its randomness seeded per sample by the sampler's key
-    (index, seed); the caller's global RNG is left as it was."""
+    (index, seed); the caller's global RNG is left as it was. `reseed=False` for a dataset whose samples
+    draw nothing (views made later, on the batch): the key's seed is dropped, and with it the reseed,
+    whose cost is much of a small sample's own."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, reseed: bool = True) -> None:
         self.dataset = dataset
+        self.reseed = reseed
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
+        if not self.reseed:
+            return self.dataset[index]
         return seeded(seed, lambda: self.dataset[index])

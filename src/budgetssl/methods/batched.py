@@ -10,6 +10,8 @@ runs the same `Augment` per sample with torchvision v2):
   product per image with the weights of torch's antialiased resize (PIL's filters: a triangle for
   bilinear, Keys' cubic with a = -0.5 for bicubic, widened by the scale when shrinking), so a batch of
   crops of any sizes resamples in two batched matrix products; a flip reverses the output columns;
+  label maps (the transfer's masks, transfer/views.py BatchTrainView) take the same boxes nearest-
+  neighbour, the source pixels torch's nearest resize picks, in one gather;
 - colour jitter: brightness, contrast, saturation and hue factors drawn per sample, applied in a random
   order per sample (torchvision's randperm): at each place of the order one blend serves the three
   linear ops (identity factors where a sample has hue there or is not jittered), then hue;
@@ -183,6 +185,40 @@ def resized_crops(
     return out.clamp_(0, 1) if interpolation == "bicubic" else out  # a cubic overshoots
 
 
+def nearest_indices(start: torch.Tensor, length: torch.Tensor, out: int) -> torch.Tensor:
+    """(B, out): the input sample each of `out` output samples takes when torch's nearest resize
+    (F.interpolate(..., mode="nearest") with a size, what torchvision's NEAREST runs: v2/functional/
+    _geometry.py resize_image) maps the span [start, start + length) to `out` samples:
+    min(floor(o * (length / out)), length - 1), in float32 as aten computes it (UpSample.h
+    nearest_neighbor_compute_source_index, the scale from compute_scales_value<float>), so the same
+    samples are picked, bit for bit (tested over many lengths)."""
+    scale = length.to(torch.float32)[:, None] / out
+    picked = torch.floor(torch.arange(out, device=start.device, dtype=torch.float32)[None, :] * scale)
+    return start[:, None] + torch.minimum(picked.long(), length[:, None] - 1)
+
+
+def nearest_crops(
+    maps: torch.Tensor, boxes: tuple[torch.Tensor, ...], size: int, flip: torch.Tensor | None
+) -> torch.Tensor:
+    """Each box of `maps` (B, H, W) (one box per map: label masks, any dtype) resized nearest-neighbour
+    to (size, size) and, where `flip`, mirrored: what F.resized_crop(mask, *box, size, NEAREST) gives,
+    by picking source pixels (one gather; no arithmetic on the labels, so a label is never mixed)."""
+    top, left, h, w = boxes
+    width = maps.shape[-1]
+    rows = nearest_indices(top, h, size)
+    cols = nearest_indices(left, w, size)
+    if flip is not None:
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    picked = (rows[:, :, None] * width + cols[:, None, :]).flatten(1)
+    return maps.flatten(1).gather(1, picked).view(-1, size, size)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x - mean) / std per channel of (B, C, H, W), the constants copied to the device once."""
+    mean_, std_ = constant(tuple(mean), x.device), constant(tuple(std), x.device)
+    return (x - mean_[None, :, None, None]) / std_[None, :, None, None]
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) luma, torchvision's weights."""
     return (x[:, 0:1] * GRAY[0] + x[:, 1:2] * GRAY[1] + x[:, 2:3] * GRAY[2]).contiguous()
@@ -304,7 +340,6 @@ def augment_batch(
     """`aug` on every image: (B, C, H, W) floats in [0, 1] with each image's (height, width) in `sizes`
     -> (copies B, C, size, size) normalised views, `copies` independent views of each image (row
     j B + b is view j of image b)."""
-    device = images.device
     rand = draws.rows(copies, images.shape[0])
     boxes = crop_boxes(sizes.repeat(copies, 1), aug.scale, CROP_RATIO, rand)
     flip = chance(rand, 0.5) if aug.flip else None
@@ -323,9 +358,7 @@ def augment_batch(
         # uint8 pixels >= 128 are inverted; the float pipeline has not rounded, so its threshold is
         # where rounding would reach 128.
         x = torch.where(per_sample(solarize) & (x >= (SOLARIZE_THRESHOLD - 0.5) / 255), 1 - x, x)
-    mean = constant(tuple(aug.mean), device)[None, :, None, None]
-    std = constant(tuple(aug.std), device)[None, :, None, None]
-    return (x - mean) / std
+    return normalize(x, aug.mean, aug.std)
 
 
 class LoaderPart:
@@ -380,15 +413,18 @@ def runs(augments: list[Augment]) -> list[tuple[Augment, int]]:
     return out
 
 
+BatchViews = Callable[[dict[str, Any], Draws], dict[str, Any]]  # a collated batch on the device -> views
+
+
 class OnDevice:
     """The device's half of augment_on=device, run on each batch the stream hands out: the batch moved
-    to `device` and viewed there, drawing from a generator seeded by (seed, epoch, batch in epoch) for
-    the global batch (Draws), so a resumed run draws what an uninterrupted one did and N ranks draw what
-    one process does. Outside the metered step (augmentation is data work, not the model's FLOPs), under
-    no_grad."""
+    to `device` and viewed there by `views` (a method's DeviceViews, the transfer's training view),
+    drawing from a generator seeded by (seed, epoch, batch in epoch) for the global batch (Draws), so a
+    resumed run draws what an uninterrupted one did and N ranks draw what one process does. Outside the
+    metered step (augmentation is data work, not the model's FLOPs), under no_grad."""
 
     def __init__(
-        self, views: DeviceViews, device: torch.device, seed: int, rank: int = 0, world: int = 1
+        self, views: BatchViews, device: torch.device, seed: int, rank: int = 0, world: int = 1
     ) -> None:
         self.views = views
         self.device = device
@@ -425,24 +461,28 @@ def batch_views(
     return augment_batch(augment, images, sizes, Draws(generator), copies)
 
 
-def device_views(views: Any, augment_on: str, device: torch.device, workers: int) -> DeviceViews | None:
-    """The views split for the device, or None for the loader path, as `train.augment_on` says.
+def views_on_device(augment_on: str, device: torch.device, workers: int) -> bool:
+    """Whether views that can run batched do, as `train.augment_on` says: loader, never; device,
+    always; auto, unless this is a CPU with data-loader workers (there the workers make the per-sample
+    views beside the training step, while device views would take the step's own cores)."""
+    if augment_on == "loader":
+        return False
+    return augment_on == "device" or not (device.type == "cpu" and workers > 0)
 
-    auto: on the device where the views batch, unless this is a CPU with data-loader workers (there the
-    workers make the per-sample views beside the training step, while device views would take the
-    step's own cores). device: refused (ConfigError) where a view only runs per sample.
-    """
+
+def device_views(views: Any, augment_on: str, device: torch.device, workers: int) -> DeviceViews | None:
+    """A method's views split for the device, or None for the loader path, as `train.augment_on` says
+    (views_on_device); device is refused (ConfigError) where a view only runs per sample, auto keeps
+    such views in the loader."""
     if augment_on == "loader":
         return None
     split = on_device(views) if isinstance(views, Views) else None
-    if augment_on == "device":
-        if split is None:
-            raise ConfigError(
-                "train.augment_on=device: this method's views include transforms that run per sample only "
-                "(e.g. supervised's RandAugment or random erasing); use train.augment_on=loader or auto, "
-                "or turn those off"
-            )
-        return split
-    if split is None or (device.type == "cpu" and workers > 0):
+    if split is None and augment_on == "device":
+        raise ConfigError(
+            "train.augment_on=device: this method's views include transforms that run per sample only "
+            "(e.g. supervised's RandAugment or random erasing); use train.augment_on=loader or auto, "
+            "or turn those off"
+        )
+    if split is None or not views_on_device(augment_on, device, workers):
         return None
     return split

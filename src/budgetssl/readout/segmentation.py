@@ -3,7 +3,8 @@ segmentation, measured with the optimiser out of the way.
 
 The backbone's features of the transfer's training images are computed once: each image in the
 transfer's own training view (random resized crop and flip, transfer/views.py), drawn once per image
-with the run's seed, read out as the linear head reads it (transfer/heads.py Segmenter: the feature map,
+with the run's seed (batched on the device or per sample, as `train.augment_on` says: probe_views),
+read out as the linear head reads it (transfer/heads.py Segmenter: the feature map,
 each token normalised by the parameter-free ReadoutNorm). A linear (1x1) head is trained on them to
 convergence, its lr chosen on a held-out part of those images (readout/linear.py gives the protocol:
 every lr of `readout.lrs` side by side, standardised features, AdamW, early stop on a plateau of the fit
@@ -26,23 +27,28 @@ are summed; rank 0 writes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import ReadoutConfig, TrainConfig, TransferConfig
+from budgetssl.data.info import SegInfo
+from budgetssl.data.loader import LoaderOptions, Position, Viewed
 from budgetssl.engine import distributed
 from budgetssl.engine.precision import resolve_device
+from budgetssl.methods.batched import OnDevice
 from budgetssl.readout.classify import evenly_spaced, linear_settings
 from budgetssl.readout.features import compute_features
 from budgetssl.readout.linear import LinearFit, Segmentation, fit_linear
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Probe
-from budgetssl.transfer.base import build_segmentation
+from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.finetune import PROBE_SCORES, probe_config, score, write_scores
 from budgetssl.transfer.heads import LinearHead, Segmenter
-from budgetssl.transfer.views import train_view
+from budgetssl.transfer.views import BatchTrainView, PairLoaderPart, batch_train_view, train_view
 
 STAGE = "probe"
 
@@ -57,6 +63,58 @@ def load_head(head: LinearHead, fit: LinearFit) -> None:
     head.norm.bias.zero_()
     head.classify.weight.copy_(fit.weight[:, :, None, None])
     head.classify.bias.copy_(fit.bias)
+
+
+def probe_view(
+    cfg: TransferConfig, info: SegInfo, train_cfg: TrainConfig, device: torch.device
+) -> BatchTrainView | None:
+    """The probe's batched training view, or None for TrainView per sample, as `train.augment_on` says
+    (transfer/views.py batch_train_view); auto always batches here: the probe's per-sample views would
+    run in this process before its feature pass, not in data-loader workers beside a step."""
+    return batch_train_view(info, cfg.image_size, train_cfg.augment_on, device, workers=0)
+
+
+def probe_views(
+    cfg: TransferConfig,
+    train_set: SegmentationDataset,
+    indices: list[int],
+    seed: int,
+    chunk: int,
+    train_cfg: TrainConfig,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The probe's training images in the transfer's training view, each drawn once, seeded by `seed`:
+    (images, masks) in chunks of `chunk`, in the order of `indices`.
+
+    Batched (probe_view), the pairs are decoded and padded by a DataLoader (its workers as
+    `train.num_workers` gives them on `device`) and each chunk is viewed on `device` by BatchTrainView,
+    drawing from a generator seeded by (seed, chunk) (methods/batched.py OnDevice), the same on every
+    rank. Otherwise (train.augment_on=loader, the reference) TrainView views each sample in turn,
+    drawing from torch's generator seeded once by `seed`."""
+    info = train_set.info
+    batched = probe_view(cfg, info, train_cfg, device)
+    if batched is None:
+        view = train_view(info, cfg.image_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the views' crops and flips draw from torch's generator
+            samples = [view(train_set[i]) for i in indices]
+        images = torch.stack([s["image"] for s in samples])
+        masks = torch.stack([s["mask"] for s in samples])
+        yield from zip(images.split(chunk), masks.split(chunk), strict=True)
+        return
+    options = LoaderOptions.for_device(train_cfg.num_workers, device)
+    part = PairLoaderPart(info)
+    loader = DataLoader(
+        Viewed(Subset(train_set, indices), part),
+        batch_size=chunk,
+        collate_fn=part.collate,
+        num_workers=options.num_workers,
+        pin_memory=options.pin_memory,
+    )
+    on_device = OnDevice(batched, device, seed)
+    for k, batch in enumerate(loader):
+        viewed = on_device(batch, Position(epoch=0, in_epoch=k))
+        yield viewed["image"], viewed["mask"]
 
 
 def probe(
@@ -77,20 +135,19 @@ def probe(
     model.backbone.requires_grad_(False)
     device = world.device if world.distributed else resolve_device(train_cfg.device)
     model.to(device)
-    view = train_view(info, cfg.image_size)
     indices = evenly_spaced(len(train_set), readout.probe_images or len(train_set))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the views' crops and flips draw from torch's generator
-        samples = [view(train_set[i]) for i in indices]
-    images = torch.stack([s["image"] for s in samples])
-    masks = torch.stack([s["mask"] for s in samples])
+    parts: list[torch.Tensor] = []
+
+    def images() -> Iterator[torch.Tensor]:
+        for chunk, mask in probe_views(cfg, train_set, indices, seed, readout.batch_size, train_cfg, device):
+            parts.append(mask)
+            yield chunk
 
     def read(x: torch.Tensor) -> torch.Tensor:
         return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
 
-    features, feature_flops = compute_features(
-        model.backbone, read, images.split(readout.batch_size), device, count=True
-    )
+    features, feature_flops = compute_features(model.backbone, read, images(), device, count=True)
+    masks = torch.cat(parts)
     features_done = time.perf_counter()
     settings = linear_settings(readout, readout.probe_batch_size, readout.probe_lrs, model.head.norm.eps)
     fit = fit_linear(features, masks, info.num_classes, Segmentation(info.num_classes, info.ignore_index),
@@ -113,7 +170,8 @@ def probe(
         write_scores(folder / PROBE_SCORES, cfg, info, scores)
     protocol = {
         **fit.protocol,
-        "views": "the transfer's training view, drawn once per image (seeded)",
+        "views": "the transfer's training view, drawn once per image (seeded), "
+        + ("per sample" if probe_view(cfg, info, train_cfg, device) is None else "batched on the device"),
     }
     return Probe(
         probe_steps=fit.steps,

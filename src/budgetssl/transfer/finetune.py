@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from budgetssl.backbones.backbone import Backbone
 from budgetssl.config.schema import TrainConfig, TransferConfig
 from budgetssl.data.info import SegInfo
-from budgetssl.data.loader import LoaderOptions, Viewed, endless_batches
+from budgetssl.data.loader import Batches, LoaderOptions, View, Viewed, endless_batches
 from budgetssl.engine import distributed
 from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.distributed import World
@@ -31,12 +31,13 @@ from budgetssl.engine.settings import LoopSettings
 from budgetssl.errors import ConfigError
 from budgetssl.files import write_json
 from budgetssl.meter.budget import Budget, FlopBudget, StepBudget
+from budgetssl.methods.batched import OnDevice
 from budgetssl.record.metrics import MetricsLog
 from budgetssl.record.sections import Transfer
 from budgetssl.transfer.base import SegmentationDataset, build_segmentation
 from budgetssl.transfer.evaluate import evaluate
 from budgetssl.transfer.heads import Segmenter
-from budgetssl.transfer.views import eval_view, full_view, train_view
+from budgetssl.transfer.views import PairLoaderPart, batch_train_view, eval_view, full_view, train_view
 
 SCORES = "transfer_scores.json"
 PROBE_SCORES = "probe_scores.json"
@@ -101,6 +102,58 @@ def transfer_budget(cfg: TransferConfig) -> Budget:
     return FlopBudget(cfg.flops, "transfer.flops", "transfer.batch_size")
 
 
+def segmenter(cfg: TransferConfig, backbone: Backbone, info: SegInfo, world: World) -> Segmenter:
+    """The model fine-tuned: `cfg.head` on `backbone` (frozen where `cfg.freeze_backbone`), its batch
+    norm synchronised over the ranks."""
+    model = Segmenter(
+        backbone,
+        cfg.head,
+        info.num_classes,
+        info.ignore_index,
+        cfg.backbone_lr_scale,
+        image_size=cfg.image_size,
+        layer_decay=cfg.layer_decay,
+    )
+    if cfg.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    return distributed.sync_batch_norm(model, world)  # type: ignore[return-value]
+
+
+def training_batches(
+    cfg: TransferConfig, train_set: SegmentationDataset, train_cfg: TrainConfig, seed: int, world: World
+) -> Batches:
+    """The fine-tuning's endless stream of this rank's share of each global batch, seeded: each training
+    pair in the transfer's training view (transfer/views.py), made per sample in the data path
+    (`TrainView`, train.augment_on=loader) or, under train.augment_on=device (or auto, views.py
+    batch_train_view), on each batch on the training device as the stream hands it out
+    (`BatchTrainView` through methods/batched.py OnDevice, as pretraining's views): the loader then only
+    decodes, pads and checks the labels (`PairLoaderPart`; a dataset that gives whole batches, the
+    synthetic one, in one fetch a batch), and the steps wait for a few batched kernels instead of a view
+    per sample."""
+    info = train_set.info
+    device = world.device if world.distributed else resolve_device(train_cfg.device)  # the Trainer's
+    options = LoaderOptions.for_device(train_cfg.num_workers, device)
+    batched = batch_train_view(info, cfg.image_size, train_cfg.augment_on, device, options.num_workers)
+    if batched is None:
+        view: View = train_view(info, cfg.image_size)
+        collate, after = None, None
+    else:
+        part = PairLoaderPart(info)
+        view, collate, after = part, part.collate, OnDevice(batched, device, seed, world.rank, world.size)
+    return endless_batches(
+        train_set,
+        view,
+        world.local_batch(cfg.batch_size, "transfer.batch_size"),
+        seed,
+        rank=world.rank,
+        world=world.size,
+        options=options,
+        collate=collate,
+        after=after,
+        view_draws=batched is None,
+    )
+
+
 @dataclass
 class Fitted:
     """One fine-tuning and its scores."""
@@ -128,34 +181,14 @@ def fit(
     train_set = build_segmentation(cfg, "train")
     val_set = build_segmentation(cfg, "val")
     info = train_set.info
-    model = Segmenter(
-        backbone,
-        cfg.head,
-        info.num_classes,
-        info.ignore_index,
-        cfg.backbone_lr_scale,
-        image_size=cfg.image_size,
-        layer_decay=cfg.layer_decay,
-    )
-    if cfg.freeze_backbone:
-        model.backbone.requires_grad_(False)
-    model = distributed.sync_batch_norm(model, world)  # type: ignore[assignment]
+    model = segmenter(cfg, backbone, info, world)
     settings = transfer_settings(cfg, train_cfg)
     if cfg.batch_size > len(train_set):
         raise ConfigError(
             f"transfer.batch_size={cfg.batch_size} exceeds the {len(train_set)} training images of "
             f"transfer '{cfg.name}'; lower transfer.batch_size"
         )
-    device = world.device if world.distributed else resolve_device(train_cfg.device)  # the Trainer's
-    batches = endless_batches(
-        train_set,
-        train_view(info, cfg.image_size),
-        world.local_batch(cfg.batch_size, "transfer.batch_size"),
-        seed,
-        rank=world.rank,
-        world=world.size,
-        options=LoaderOptions.for_device(train_cfg.num_workers, device),
-    )
+    batches = training_batches(cfg, train_set, train_cfg, seed, world)
     result = train(
         model,
         batches,
