@@ -7,8 +7,8 @@ segmentation mask, so every method and the transfer stage can run on it with no 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
-import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -61,11 +61,14 @@ class Rendered:
 
 
 def renderer_version() -> str:
-    """A hash of the renderer's source (data/shapes.py, this file) and numpy's version: a scene stored
-    by another renderer is another scene, so a change to either opens another store."""
+    """A hash of what makes a scene: the renderer's source (data/shapes.py), `scene` and the streams
+    (SPLITS) here, and numpy's version, so a scene stored by another renderer is another scene and a change
+    to any of them opens another store; the rest of this file (the store, the batches) may change without
+    rendering every scene again."""
     digest = hashlib.sha256(np.__version__.encode())
-    for module in (shapes, sys.modules[__name__]):
-        digest.update(Path(module.__file__).read_bytes())  # type: ignore[arg-type]
+    digest.update(Path(shapes.__file__).read_bytes())  # type: ignore[arg-type]
+    digest.update(inspect.getsource(scene).encode())
+    digest.update(repr(sorted(SPLITS.items())).encode())
     return digest.hexdigest()[:12]
 
 
@@ -210,6 +213,18 @@ def to_sample(s: Scene | Rendered) -> Sample:
     }
 
 
+def batch_indices(indices: Sequence[int], length: int, what: str) -> np.ndarray:
+    """A batch's indices as an array, each checked to lie in [0, length): a ValueError for an empty or
+    nested list, an IndexError naming the first outside index and `what` holds `length` of them."""
+    at = np.asarray(indices, dtype=np.int64)
+    if at.ndim != 1 or len(at) == 0:
+        raise ValueError(f"a batch takes a non-empty list of indices, got shape {at.shape}")
+    outside = at[(at < 0) | (at >= length)]
+    if len(outside):
+        raise IndexError(f"index {int(outside[0])} outside the {length} {what}")
+    return at
+
+
 def to_batch(c: Chunk) -> Sample:
     """The scenes of `c` as to_sample makes each, stacked (BatchDataset.batch)."""
     return {
@@ -251,11 +266,6 @@ class SyntheticShapes(BatchDataset):
 
     def batch(self, indices: Sequence[int]) -> Sample:
         """A gather from the chunks' arrays, no sample made alone (BatchDataset)."""
-        at = np.asarray(indices, dtype=np.int64)
-        if at.ndim != 1 or len(at) == 0:
-            raise ValueError(f"a batch takes a non-empty list of indices, got shape {at.shape}")
-        outside = at[(at < 0) | (at >= self.length)]
-        if len(outside):
-            raise IndexError(f"index {int(outside[0])} outside the {self.length} samples of '{self.split}'")
+        at = batch_indices(indices, self.length, f"samples of '{self.split}'")
         cfg = self.cfg
         return to_batch(cached_scene.rows(cfg.data_seed, self.split, at, cfg.image_size, cfg.max_objects))

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from omegaconf import MISSING
 
 from budgetssl.config.schema import TransferConfig
 from budgetssl.data.base import WholeBatches
-from budgetssl.data.sets.synthetic import cached_scene, to_batch, to_sample
+from budgetssl.data.sets.synthetic import batch_indices, cached_scene, to_batch, to_sample
 from budgetssl.data.shapes import IGNORE, SHAPES
 from budgetssl.errors import ConfigError
 from budgetssl.transfer.base import SegmentationDataset, TransferInfo
@@ -81,11 +80,6 @@ class SyntheticSegmentation(WholeBatches, SegmentationDataset):
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
         """The pairs at `indices` in one gather from the stored scenes (WholeBatches): what `self[i]` gives
         for each, stacked."""
-        at = np.asarray(indices, dtype=np.int64)
-        if at.ndim != 1 or len(at) == 0:
-            raise ValueError(f"a batch takes a non-empty list of indices, got shape {at.shape}")
-        outside = at[(at < 0) | (at >= self.length)]
-        if len(outside):
-            raise IndexError(f"index {int(outside[0])} outside the {self.length} pairs of '{self.split}'")
+        at = batch_indices(indices, self.length, f"pairs of '{self.split}'")
         s = to_batch(cached_scene.rows(self.cfg.data_seed, self.split, at, self.size, self.cfg.max_objects))
         return {"image": s["image"], "mask": s["mask"]}
