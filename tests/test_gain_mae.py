@@ -15,8 +15,8 @@ def test_mae_pretraining_beats_random_init_on_the_probe(tmp_path):
     # The probe as the transfer itself (a linear head on the frozen backbone: what transfer.probe=true
     # runs beside the fine-tuning, tests/test_transfer_protocol.py), so no fine-tuning is paid for here.
     baseline = random_init(tmp_path / "random", *PROBE)
-    # Measured: probe mIoU 21.78 against 13.34 from random init (+8.4), 1267 steps (at 6e11 on the
-    # demo's stream +8.3; at 3e11 only +0.9).
+    # Measured: probe mIoU 21.61 against 13.34 from random init (+8.3), 1267 steps (at 6e11 on the
+    # demo's stream +8.3; at 3e11 only +0.9: both before the transfer's views were batched).
     overrides = ["method=cpu/mae", *PRETRAIN, *PROBE]
     pretrained = run(commands.pretrain_then_transfer, tmp_path / "pretrained", *overrides)
     assert pretrained["steps"] == 1267 and pretrained["transfer_head"] == "linear"
