@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 class SegmentationScore:
     def __init__(self, num_classes: int, ignore_index: int, background_index: int | None = None) -> None:
+        # Imported here, not with the module: torchmetrics' import (1-2 s on this project's 2-core CPU; it
+        # loads its audio, image and plotting modules, matplotlib among them) would otherwise be paid by
+        # every process that loads the transfer stage, most of which (a pretraining run, a config error,
+        # budgetssl-flops) never score.
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         self.background_index = background_index
         self.confusion = MulticlassConfusionMatrix(
             num_classes, ignore_index=ignore_index, validate_args=False
