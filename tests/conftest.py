@@ -168,3 +168,17 @@ def same_value(a, b) -> bool:  # noqa: ANN001
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return torch.equal(a, b)
     return type(a) is type(b) and a == b
+
+
+def hook_step(model, optimizer, batch, clock):  # noqa: ANN001, ANN201
+    """One update of a method as the Trainer runs its hooks around it (engine/trainer.py: step start,
+    forward, backward, after backward, optimizer step, step end), with a plain optimizer: what the parity
+    tests compare against a reference's training iteration. Returns the step's output."""
+    model.on_step_start(clock)
+    out = model(batch)
+    optimizer.zero_grad()
+    out.loss.backward()
+    model.on_after_backward(clock)
+    optimizer.step()
+    model.on_step_end(clock)
+    return out

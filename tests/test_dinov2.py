@@ -26,7 +26,7 @@ from budgetssl.methods.zoo.dinov2 import (
     sinkhorn_knopp,
 )
 from budgetssl.stages.pretrain import build
-from conftest import TINY, run_config, small
+from conftest import TINY, hook_step, run_config, small
 from test_ibot import RefHead, RefStudent, param_groups
 from test_method_flops import BATCH, NANO, SIZE, linear, sizes, step
 
@@ -138,6 +138,23 @@ def test_batch_masks_follow_dinov2s_collate_half_the_crops_masked_within_the_upp
 # ---- the whole step against ssl_meta_arch.py, written out ----
 
 
+def ref_sinkhorn_knopp(teacher_output, teacher_temp, n_rows=None, n_iterations=3):  # noqa: ANN001, ANN201
+    """The Sinkhorn-Knopp of dinov2/loss/dino_clstoken_loss.py and ibot_patch_loss.py, one process: the two
+    official copies differ only in the row count B (the batch, or n_masked_patches_tensor: `n_rows`)."""
+    teacher_output = teacher_output.to(torch.promote_types(teacher_output.dtype, torch.float32))
+    Q = torch.exp(teacher_output / teacher_temp).t()
+    B = Q.shape[1] if n_rows is None else n_rows
+    K = Q.shape[0]
+    Q /= torch.sum(Q)
+    for _it in range(n_iterations):
+        Q /= torch.sum(Q, dim=1, keepdim=True)
+        Q /= K
+        Q /= torch.sum(Q, dim=0, keepdim=True)
+        Q /= B
+    Q *= B
+    return Q.t()
+
+
 class RefDINOLoss(nn.Module):
     """dinov2/loss/dino_clstoken_loss.py DINOLoss, one process: the centre's update deferred to the next
     softmax_center_teacher (apply_center_update), as written there."""
@@ -155,18 +172,7 @@ class RefDINOLoss(nn.Module):
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(self, teacher_output, teacher_temp, n_iterations=3):
-        teacher_output = teacher_output.to(torch.promote_types(teacher_output.dtype, torch.float32))
-        Q = torch.exp(teacher_output / teacher_temp).t()
-        B = Q.shape[1]
-        K = Q.shape[0]
-        Q /= torch.sum(Q)
-        for _it in range(n_iterations):
-            Q /= torch.sum(Q, dim=1, keepdim=True)
-            Q /= K
-            Q /= torch.sum(Q, dim=0, keepdim=True)
-            Q /= B
-        Q *= B
-        return Q.t()
+        return ref_sinkhorn_knopp(teacher_output, teacher_temp, None, n_iterations)
 
     def forward(self, student_output_list, teacher_out_softmaxed_centered_list):
         total_loss = 0
@@ -200,18 +206,7 @@ class RefIBOTPatchLoss(RefDINOLoss):
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(self, teacher_output, teacher_temp, n_masked_patches_tensor, n_iterations=3):
-        teacher_output = teacher_output.to(torch.promote_types(teacher_output.dtype, torch.float32))
-        Q = torch.exp(teacher_output / teacher_temp).t()
-        B = n_masked_patches_tensor
-        K = Q.shape[0]
-        Q /= torch.sum(Q)
-        for _it in range(n_iterations):
-            Q /= torch.sum(Q, dim=1, keepdim=True)
-            Q /= K
-            Q /= torch.sum(Q, dim=0, keepdim=True)
-            Q /= B
-        Q *= B
-        return Q.t()
+        return ref_sinkhorn_knopp(teacher_output, teacher_temp, n_masked_patches_tensor, n_iterations)
 
     def forward_masked(self, s, t, student_masks_flat, n_masked_patches=None, masks_weight=None):
         loss = torch.sum(t * F.log_softmax(s / self.student_temp, dim=-1), dim=-1)
@@ -426,14 +421,7 @@ def test_three_steps_equal_dinov2s_forward_backward_written_out_losses_weights_t
             "global": torch.randn(4, 2, 3, 16, 16, dtype=torch.float64),
             "local": torch.randn(4, 2, 3, 8, 8, dtype=torch.float64),
         }
-        clock = Clock.of(fraction)
-        model.on_step_start(clock)
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        model.on_after_backward(clock)
-        opt.step()
-        model.on_step_end(clock)
+        out = hook_step(model, opt, batch, Clock.of(fraction))
 
         # the reference, train.py do_train's iteration
         warm = cfg.warmup_teacher_temp_fraction

@@ -18,7 +18,7 @@ from budgetssl.engine.schedule import Clock
 from budgetssl.errors import ConfigError
 from budgetssl.methods.zoo.ibot import Masking, block_mask, ibot_loss
 from budgetssl.stages.pretrain import build
-from conftest import TINY, run_config, small
+from conftest import TINY, hook_step, run_config, small
 from test_method_flops import BATCH, NANO, SIZE, linear, sizes, step
 
 B, K, N = 4, 12, 9  # images, prototypes, patches per crop
@@ -273,14 +273,7 @@ def test_three_steps_equal_main_ibot_written_out_losses_weights_teacher_and_cent
             "masks": torch.stack([masking() for _ in range(4)]),
         }
         batch["masks"][0] = True if step_i == 1 else batch["masks"][0]  # every patch of one image masked
-        clock = Clock.of(fraction)
-        model.on_step_start(clock)
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        model.on_after_backward(clock)
-        opt.step()
-        model.on_step_end(clock)
+        out = hook_step(model, opt, batch, Clock.of(fraction))
 
         # the reference, main_ibot.py train_one_epoch
         warm = cfg.warmup_teacher_temp_fraction
