@@ -22,6 +22,7 @@ The last line: data_wait_share <method>=<share> ... for every method, then trans
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,7 +39,7 @@ from budgetssl.plugins import check_config
 from budgetssl.readout.classify import evenly_spaced, linear_settings
 from budgetssl.readout.features import compute_features
 from budgetssl.readout.linear import Segmentation, fit_linear
-from budgetssl.readout.segmentation import probe_views
+from budgetssl.readout.segmentation import probe_views, read_features
 from budgetssl.stages.pretrain import build, loop_settings
 from budgetssl.transfer.base import build_segmentation
 from budgetssl.transfer.finetune import probe_config, segmenter, training_batches, transfer_settings
@@ -64,18 +65,22 @@ class Waited:
             self.seconds += time.perf_counter() - t0
 
 
+def waited(batches: Waited, wall: float, steps: int) -> dict[str, float]:
+    """The loop's share of `wall` spent waiting for `batches`, and the wait and the step per step, ms."""
+    return {
+        "share": batches.seconds / wall,
+        "wait_ms": 1e3 * batches.seconds / steps,
+        "step_ms": 1e3 * wall / steps,
+    }
+
+
 def measure(method: str, steps: int, overrides: list[str]) -> dict[str, float]:
     run = check_config(compose_config([f"method=cpu/{method}", *DEMO, *overrides]))
     task, stream = build(run)
     batches = Waited(stream)
     t0 = time.perf_counter()
     result = train(task, batches, loop_settings(run), StepBudget(steps), label="pretrain")
-    wall = time.perf_counter() - t0
-    out = {
-        "share": batches.seconds / wall,
-        "wait_ms": 1e3 * batches.seconds / steps,
-        "step_ms": 1e3 * wall / steps,
-    }
+    out = waited(batches, time.perf_counter() - t0, steps)
     recorded = getattr(result, "data_wait_share", None)  # the loop's own figure, where it keeps one
     if recorded is not None:
         out["recorded"] = recorded
@@ -91,13 +96,7 @@ def measure_transfer(steps: int, overrides: list[str]) -> dict[str, float]:
     batches = Waited(training_batches(cfg, train_set, run.train, run.seed, world))
     t0 = time.perf_counter()
     result = train(model, batches, transfer_settings(cfg, run.train), StepBudget(steps), label="transfer")
-    wall = time.perf_counter() - t0
-    return {
-        "share": batches.seconds / wall,
-        "wait_ms": 1e3 * batches.seconds / steps,
-        "step_ms": 1e3 * wall / steps,
-        "recorded": result.data_wait_share,
-    }
+    return waited(batches, time.perf_counter() - t0, steps) | {"recorded": result.data_wait_share}
 
 
 def measure_probe(overrides: list[str]) -> dict[str, float]:
@@ -113,9 +112,7 @@ def measure_probe(overrides: list[str]) -> dict[str, float]:
     chunks = list(probe_views(cfg, train_set, indices, run.seed, readout.batch_size, run.train, cpu))
     t1 = time.perf_counter()
 
-    def read(x: torch.Tensor) -> torch.Tensor:
-        return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
-
+    read = functools.partial(read_features, model)
     features, _ = compute_features(model.backbone, read, [c[0] for c in chunks], cpu)
     t2 = time.perf_counter()
     masks = torch.cat([c[1] for c in chunks])

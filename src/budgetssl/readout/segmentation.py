@@ -26,6 +26,7 @@ are summed; rank 0 writes.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,12 @@ def load_head(head: LinearHead, fit: LinearFit) -> None:
     head.norm.bias.zero_()
     head.classify.weight.copy_(fit.weight[:, :, None, None])
     head.classify.bias.copy_(fit.bias)
+
+
+def read_features(model: Segmenter, x: torch.Tensor) -> torch.Tensor:
+    """What the probe's linear head reads of images `x`: the Segmenter's feature map, each token normalised
+    by its parameter-free ReadoutNorm (transfer/heads.py)."""
+    return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
 
 
 def probe_view(
@@ -143,10 +150,9 @@ def probe(
             parts.append(mask)
             yield chunk
 
-    def read(x: torch.Tensor) -> torch.Tensor:
-        return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
-
-    features, feature_flops = compute_features(model.backbone, read, images(), device, count=True)
+    features, feature_flops = compute_features(
+        model.backbone, functools.partial(read_features, model), images(), device, count=True
+    )
     masks = torch.cat(parts)
     features_done = time.perf_counter()
     settings = linear_settings(readout, readout.probe_batch_size, readout.probe_lrs, model.head.norm.eps)
