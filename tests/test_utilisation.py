@@ -13,6 +13,7 @@ import torch
 
 from budgetssl.engine.checkpoint_files import Checkpoints, read_checkpoint
 from budgetssl.engine.loop import train
+from budgetssl.engine.resume import Timing
 from budgetssl.files import DiskFull
 from budgetssl.meter import peak
 from budgetssl.meter.budget import StepBudget
@@ -111,7 +112,19 @@ def test_the_loop_says_where_its_time_went(tmp_path):
     assert 0.5 < result.data_wait_share < 1  # this task computes almost nothing: it mostly waits
     assert timing.checkpoints == 3  # steps 4 and 8, and the end
     assert 0 < timing.checkpoint < result.wall_seconds
-    assert 0 < result.meter_seconds < result.wall_seconds and timing.first_step > 0
+    # The meter's time is the first step's excess over an ordinary step: at most the whole first step
+    # (on a loaded machine this tiny task's first step can be no slower than an ordinary one: 0).
+    assert timing.first_step > 0 and 0 <= result.meter_seconds <= timing.first_step + timing.probes
+    assert result.meter_seconds == timing.meter_seconds(result.wall_seconds, result.steps)
+
+
+def test_the_meter_is_the_probes_and_what_the_first_step_took_beyond_an_ordinary_one():
+    timing = Timing(data=2.0, first_step=1.5, probes=0.25, checkpoint=0.5, monitor=0.5)
+    # 11 steps in 13.75 s: 9.0 s outside data, checkpoints, probes, monitors and the first step -> 0.9 s
+    # an ordinary step, so the first step's metering took 1.5 - 0.9 s.
+    assert timing.meter_seconds(13.75, 11) == pytest.approx(0.25 + 0.6)
+    assert timing.meter_seconds(13.75, 1) == 1.75  # no other step: all of it
+    assert Timing(first_step=0.1).meter_seconds(10.0, 11) == 0.0  # never below zero
 
 
 def test_a_background_checkpoint_writes_the_state_of_its_step(tmp_path):
