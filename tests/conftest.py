@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per test worker: the workers share the machine's cores (pytest -n, pyproject.toml).
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
-# Dataset file indexes are cached under $XDG_CACHE_HOME: keep the tests' out of the user's cache.
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="budgetssl-test-cache-")
+# Rendered synthetic scenes, dataset file indexes and the CPU's measured peak are cached under
+# $XDG_CACHE_HOME: the tests' cache is kept out of the user's, and is one for the whole test run. pytest
+# imports this file before it starts its workers (pytest-xdist), which inherit the folder through the
+# environment, as do the commands the tests start: a scene is rendered once per run, not once per worker
+# and per command (the store's files are written atomically, so workers share it safely).
+TEST_CACHE = "BUDGETSSL_TEST_CACHE"
+OWN_CACHE = TEST_CACHE not in os.environ  # this process made it (pytest's main process): it removes it
+if OWN_CACHE:
+    os.environ[TEST_CACHE] = tempfile.mkdtemp(prefix="budgetssl-test-cache-")
+os.environ["XDG_CACHE_HOME"] = os.environ[TEST_CACHE]
 DATA = Path(__file__).parent / "data"
 
 # Small enough for a CPU test to finish in seconds; the real code paths all the same.
@@ -153,6 +162,11 @@ def summary(folder: Path) -> dict:
 @pytest.fixture
 def reference_flops() -> dict:
     return json.loads((DATA / "reference_flops.json").read_text())["models"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if OWN_CACHE:  # the workers have ended by now
+        shutil.rmtree(os.environ[TEST_CACHE], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -57,7 +57,10 @@ def test_method_runs_end_to_end_within_its_budget_its_loss_falls_and_it_verifies
         *TINY,
         *small(method),
         "budget.flops=2e10",
-        "train.log_every=1",
+        "train.log_every=1",  # every step's loss and momentum in metrics.jsonl, read below
+        # ... and the monitors on every step: on a small batch (they are checked on their 128 images in
+        # test_monitor.py), so that they are not most of a step's time here.
+        "train.monitor_images=16",
         *short_run(method),
     ]
     folder = hydra_folder(tmp_path, "run", overrides)
