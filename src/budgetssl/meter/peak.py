@@ -7,7 +7,8 @@ that many threads, and cached per machine (`$XDG_CACHE_HOME/budgetssl/peak_flops
 model, threads, dtype and torch version). `train.peak_flops_per_s` overrides both. FLOPs count a fused
 multiply-add as 2, as the datasheets and the meter do.
 
-The same table prices a sweep before it runs (budgetssl-plan): `plan.device` names an accelerator of it
+The same table prices a sweep before it runs (budgetssl-plan) and what reaching a predicted budget costs
+(budgetssl-report, which reads it without loading torch): `plan.device` names an accelerator of it
 (ACCELERATORS: h100_sxm, a100, ...), whose peak and board power turn FLOPs into GPU-hours and energy.
 """
 
@@ -19,11 +20,13 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from budgetssl.errors import ConfigError
 from budgetssl.files import write_json
+
+if TYPE_CHECKING:  # torch is imported where a device is measured: the table alone is read without it
+    import torch
 
 A100 = "NVIDIA A100 Tensor Core GPU datasheet (nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf)"
 H100 = "NVIDIA H100 Tensor Core GPU datasheet (H100 SXM, H100 PCIe and H100 NVL columns)"
@@ -115,6 +118,8 @@ def dtype_of(precision: str, tf32: bool) -> str:
 def matmul_dtype(precision: str, device: torch.device) -> str:
     """The dtype the run's matrix products ran in: bf16/fp16 under autocast, else fp32, or TF32 where
     CUDA was allowed to use it for fp32 matmuls."""
+    import torch
+
     return dtype_of(precision, device.type == "cuda" and torch.get_float32_matmul_precision() != "highest")
 
 
@@ -145,6 +150,8 @@ def cache_file() -> Path:
 def measure_cpu(dtype: str, threads: int, largest: int = CPU_MATRIX) -> tuple[float, int]:
     """FLOP/s of the fastest of a few (n x n) matrix products on `threads` threads, and the n measured:
     n doubles from CPU_START until one product takes CPU_LONG_ENOUGH_S, up to `largest`."""
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -170,6 +177,8 @@ def measure_cpu(dtype: str, threads: int, largest: int = CPU_MATRIX) -> tuple[fl
 
 def cpu_peak(dtype: str, threads: int) -> Peak:
     """The measured peak of this machine's CPU on `threads` threads, from the cache when measured before."""
+    import torch
+
     model = cpu_model()
     key = f"{model} | {threads} threads | {dtype} | torch {torch.__version__}"
     path = cache_file()
@@ -191,6 +200,8 @@ def cpu_peak(dtype: str, threads: int) -> Peak:
 def device_peak(device: torch.device, precision: str, override: float | None = None) -> Peak:
     """The peak FLOP/s of one training device: `override` (train.peak_flops_per_s) when set, the
     datasheet for an accelerator, a measurement (cached) for the CPU on this process's threads."""
+    import torch
+
     dtype = matmul_dtype(precision, device)
     if override is not None:
         return Peak(float(override), f"train.peak_flops_per_s (the run's {dtype} matmuls)")
