@@ -180,8 +180,12 @@ def test_the_mfu_is_the_median_of_matching_records_and_the_report_prices_at_it(t
     for i, (mfu, budget, miou) in enumerate([(0.3, 1e12, 30.0), (0.45, 2e12, 34.0), (0.5, 4e12, 36.0)]):
         record(runs / f"sup{i}", "supervised", mfu, budget, miou)
     record(runs / "mae", "mae", 0.2, 1e12, 25.0)
-    rows = planned("train.precision=bf16", "plan.device=h100_sxm", f"plan.from_runs={runs}",
-                   "budget.flops=3e9", "method=supervised,cpu/byol", "plan.mfu=null,0.25")  # fmt: skip
+    args = ["train.precision=bf16", "plan.device=h100_sxm", f"plan.from_runs={runs}", "budget.flops=3e9",
+            "method=supervised,cpu/byol", "plan.mfu=null,0.25",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    rows = planned(*args)
+    # A sweep over a config group too: the folders Hydra's own multirun makes, job for job.
+    assert [Path(r.folder) for r in rows] == hydra_job_folders(["--multirun", *BASE, *args])
     row, given, other, _ = rows
     assert row.mfu == 0.45 and row.mfu_records == 3 and "median of 3 completed record(s)" in row.mfu_source
     # GPU-hours at that MFU of the H100's dense bf16 peak, energy at its 700 W board power and the PUE.

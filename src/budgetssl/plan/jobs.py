@@ -15,7 +15,8 @@ Hydra composes a config in two steps: the defaults tree the config-group overrid
 then the value overrides applied to it in order (`defaults_list.config_overrides`). Here the first step
 runs once per distinct list of group overrides (Hydra's own `Overrides` tells them apart), and the second
 on a copy for each job, by Hydra's own `_apply_overrides_to_config`: the job's config is the one Hydra
-composes (tests/test_plan.py runs a sweep with budgetssl-run and finds every folder planned).
+composes (tests/test_plan.py finds each planned folder where Hydra's own multirun puts the job, and the
+job's run there spends what was planned).
 """
 
 from __future__ import annotations
