@@ -51,7 +51,7 @@ class Job:
     overrides: list[str]  # the job's own overrides (the sweep's choice for it)
     config: DictConfig  # what the command would receive (no hydra node)
     folder: Path  # its run folder
-    launcher: DictConfig | None  # hydra.launcher: how many GPUs a job gets there
+    launcher_gpus: int  # the GPUs its launcher gives it (gpus_of)
 
 
 @dataclass
@@ -156,8 +156,8 @@ def expand(overrides: list[str], multirun: bool, command: str) -> Iterator[Sweep
                     folder = Path(str(OmegaConf.select(cfg, f"{where}.dir")))
                     if multirun:
                         folder = folder / str(cfg.hydra.sweep.subdir)
-                    launcher = cfg.hydra.get("launcher")
-                    yield Job(number, listed, without_hydra(cfg), folder, launcher)
+                    gpus = gpus_of(cfg.hydra.get("launcher"))
+                    yield Job(number, listed, without_hydra(cfg), folder, gpus)
 
             sweep_dir = Path(str(master.hydra.sweep.dir)) if multirun else None
             yield Sweep(len(lists), jobs(), sweep_dir)

@@ -35,7 +35,7 @@ from budgetssl.meter.ladder import LadderPlan
 from budgetssl.meter.peak import accelerator_named, dtype_of
 from budgetssl.methods.registry import METHODS
 from budgetssl.plan.cost import Measured, cost, utilisation
-from budgetssl.plan.jobs import Job, gpus_of
+from budgetssl.plan.jobs import Job
 from budgetssl.plan.warnings import before_spending
 from budgetssl.plugins import check_config
 from budgetssl.readout.segmentation import probe_indices
@@ -269,7 +269,7 @@ def finish(pending: Pending, evidence: list[Measured] | None) -> Row:
         t_step = pending.transfer()
         t_plan = transfer_budget(run.transfer).plan(t_step)
         probe = pre.rungs * pending.probe() if pending.probe else None
-        gpus = run.plan.gpus if run.plan and run.plan.gpus else gpus_of(pending.job.launcher)
+        gpus = run.plan.gpus if run.plan and run.plan.gpus else pending.job.launcher_gpus
         row.warnings += before_spending(run, per_step, pre.plan, gpus)
     except BudgetSSLError as e:
         return failed(row, e)

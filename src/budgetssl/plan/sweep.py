@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from budgetssl.config.check import check_plan, typed
+from budgetssl.config.schema import PlanConfig
 from budgetssl.meter.peak import accelerator_named
 from budgetssl.plan.cost import measured_in
 from budgetssl.plan.jobs import Job, expand
@@ -48,6 +50,15 @@ def pool(size: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=one_thread)
 
 
+def own_settings(job: Job) -> str | None:
+    """The plan's own section of `job`, checked before any job is priced (a bad plan.* value, an unknown
+    plan.device, stops the plan; a job's other settings are its own row's error): its plan.from_runs."""
+    settings = typed(job.config.plan, PlanConfig, "plan")
+    check_plan(settings)
+    accelerator_named(settings.device)
+    return settings.from_runs
+
+
 def make(overrides: list[str], multirun: bool) -> Planned:
     """Every job of `budgetssl-run [--multirun] overrides`, priced."""
     start = time.perf_counter()
@@ -59,9 +70,7 @@ def make(overrides: list[str], multirun: bool) -> Planned:
         evidence: dict = {}
         first: Job | None = None
         for job in sweep.jobs:
-            # An unknown device stops the plan before any job is priced; each from_runs is read once.
-            accelerator_named(str(OmegaConf.select(job.config, "plan.device")))
-            where = OmegaConf.select(job.config, "plan.from_runs")
+            where = own_settings(job)
             if where and where not in evidence:
                 evidence[where] = measured_in(Path(where))
             prepared.append((prepare(job, counts), where))
