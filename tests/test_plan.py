@@ -162,6 +162,9 @@ def test_an_unknown_device_lists_the_valid_ones_and_exits_2(capsys):
     err = capsys.readouterr().err
     assert "plan.device='h100' is not in the peak table" in err
     assert all(name in err for name in ACCELERATORS)
+    with pytest.raises(SystemExit) as exit_info:
+        plan_cli.main([*BASE, "plan.mfu=1.5"])
+    assert exit_info.value.code == 2 and "plan.mfu must be in (0, 1]" in capsys.readouterr().err
 
 
 def record(folder, method, mfu, budget, miou):
