@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from budgetssl.analysis import collapse, learning
-from budgetssl.analysis.aggregate import Aggregate, aggregate
+from budgetssl.analysis.aggregate import COSINE, Aggregate, Point, aggregate
 from budgetssl.analysis.collect import Collection, Run, collect
 from budgetssl.analysis.figure import FitCurve, fit_curves, plot_facets, plot_points
 from budgetssl.analysis.fit_table import scaling_section
@@ -37,6 +37,7 @@ from budgetssl.analysis.table import (
     summary_table,
 )
 from budgetssl.files import atomic_write
+from budgetssl.plan.cost import Measured, measured, reaching
 from budgetssl.record.sections import Record
 
 RUNS_CSV = "runs.csv"
@@ -176,10 +177,12 @@ def scaling_fits(
     predict_at: float | None,
     include_collapsed: bool = False,
     include_unlearned: bool = False,
+    evidence: list[Measured] | None = None,
 ) -> tuple[list[str], list[FitCurve]]:
     """The "Scaling fits" section and the curves the score-vs-FLOPs figures draw (converged fits only,
     extended to the predicted budget); collapsed points are not fitted unless `include_collapsed`, nor
-    those of methods that did not learn unless `include_unlearned`."""
+    those of methods that did not learn unless `include_unlearned`. With the runs' measured MFUs
+    (`evidence`), what reaching the predicted budget costs beside each prediction (`reaching_costs`)."""
     if not found.points:
         return [], []
     largest = max(p.budget for p in found.points) or max(float(p.x or 0) for p in found.points)
@@ -199,7 +202,23 @@ def scaling_fits(
         left_out=collapsed,
         unlearned=unlearned,
     )
-    return lines, fit_curves(fits, at)
+    return lines + reaching_costs(found.points, at, evidence or []), fit_curves(fits, at)
+
+
+def reaching_costs(points: list[Point], at: float, evidence: list[Measured]) -> list[str]:
+    """What `at` total FLOPs would cost each pretrained configuration (fitted or not: the price does not
+    depend on the fit) on the accelerator its runs measured on, at their median measured MFU
+    (plan/cost.py reaching: budgetssl-plan's pricing), so the predicted score and its price read
+    together."""
+    configs = list(dict.fromkeys((p.method, p.dataset, p.backbone, p.schedule) for p in points))
+    if not configs:
+        return []
+    lines = [f"### Cost of reaching {at:.3g} FLOPs", ""]
+    for method, dataset, backbone, schedule in configs:
+        where = reaching(at, evidence, method, dataset, backbone, schedule)
+        wsd = f" ({schedule})" if schedule != COSINE else ""
+        lines.append(f"- {method}{wsd} / {dataset or '-'} / {backbone or '-'}: {where}")
+    return lines + [""]
 
 
 def skipped(found: Collection) -> list[str]:
@@ -290,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         if r.identity.backbone and r.provenance and r.provenance.params
     }
     unlearned = args.include_unlearned
-    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at, include, unlearned)
+    fit_lines, curves = scaling_fits(by_flops, params, args.predict_at, include, unlearned, measured(records))
     drawn = figures(records, by_flops, out, curves, include, unlearned)
     found_lines = findings(by_flops, params, include, found.runs, unlearned) + fit_lines
     csv_path = write_runs_csv(found.runs, out / RUNS_CSV)

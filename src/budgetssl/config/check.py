@@ -34,6 +34,7 @@ from budgetssl.config.schema import (
     EnergyConfig,
     LoggerConfig,
     MethodConfig,
+    PlanConfig,
     ReadoutConfig,
     TrainConfig,
     TransferConfig,
@@ -44,6 +45,8 @@ T = TypeVar("T")
 
 # Config groups whose `name` picks a plug-in from a registry (budgetssl/plugins.py looks them up).
 PLUGIN_GROUPS = ("dataset", "method", "transfer", "backbone")
+# Top-level sections a config may leave out: budgetssl-plan's, which a config saved before it lacks.
+OPTIONAL_SECTIONS = ("plan",)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class RunConfig:
     logger: LoggerConfig
     readout: ReadoutConfig
     rerun: bool = False
+    plan: PlanConfig | None = None  # budgetssl-plan's section (None: a config saved before it existed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain containers and strings (Enums by value): what checkpoints, wandb and the record store."""
@@ -138,7 +142,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
     for key in cfg:
         _require(key in known, f"unknown top-level key '{key}'; valid keys: {', '.join(known)}")
     for key in known:
-        _require(key in cfg, f"config has no '{key}' section; add it or pick a {key}= option")
+        _require(
+            key in cfg or key in OPTIONAL_SECTIONS,
+            f"config has no '{key}' section; add it or pick a {key}= option",
+        )
     for group in PLUGIN_GROUPS:
         node = cfg[group]
         _require(
@@ -171,6 +178,7 @@ def build_run(
         logger=typed(cfg.logger, LoggerConfig, "logger"),
         readout=typed(cfg.readout, ReadoutConfig, "readout"),
         rerun=cfg.rerun,
+        plan=typed(cfg.plan, PlanConfig, "plan") if "plan" in cfg else None,
     )
     check_values(run)
     return run
@@ -216,6 +224,16 @@ def check_values(run: RunConfig) -> None:
         _require(getattr(h, key) > 0, f"energy.hardware.{key} must be > 0, got {getattr(h, key)}")
     _require(0 < h.utilization <= 1, f"energy.hardware.utilization must be in (0, 1], got {h.utilization}")
     check_readout(run.readout)
+    if run.plan is not None:
+        check_plan(run.plan)
+
+
+def check_plan(p: PlanConfig) -> None:
+    """The plan's numbers (its device is checked against meter/peak.py's table where it is read)."""
+    _require(p.gpus is None or p.gpus >= 1, f"plan.gpus must be >= 1 or null, got {p.gpus}")
+    _require(
+        p.mfu is None or 0 < p.mfu <= 1, f"plan.mfu must be in (0, 1] (a fraction of the peak), got {p.mfu}"
+    )
 
 
 def check_readout(r: ReadoutConfig) -> None:

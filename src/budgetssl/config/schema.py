@@ -137,6 +137,18 @@ class EnergyConfig:
 
 
 @dataclass
+class PlanConfig:
+    """budgetssl-plan's settings: what a sweep costs before it runs (budgetssl/plan/). No run reads them,
+    so they are volatile (config/volatile.py): a run's folder and result do not depend on them."""
+
+    device: str = MISSING  # an accelerator of meter/peak.py's table: h100_sxm, h100_pcie, a100, ...
+    gpus: int | None = MISSING  # GPUs per job; null: the launcher's nodes x gpus_per_node, else 1
+    mfu: float | None = MISSING  # model FLOP utilisation assumed; null: from_runs' evidence, else the default
+    from_runs: str | None = MISSING  # a folder of run records: the median measured mfu of matching ones
+    out: str | None = MISSING  # where plan.csv and plan.json go; null: the sweep's directory
+
+
+@dataclass
 class WandbConfig:
     mode: WandbMode = MISSING  # offline | online | disabled; credentials come from wandb's own login
     project: str = MISSING

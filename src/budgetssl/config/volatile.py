@@ -23,6 +23,7 @@ VOLATILE: tuple[str, ...] = (
     "train.peak_flops_per_s",  # only what the record's mfu divides by
     "energy.track",  # metering energy with codecarbon, beside the run
     "energy.measure_power_secs",
+    "plan",  # budgetssl-plan's settings: what a sweep will cost, read by no run
 )
 
 

@@ -33,6 +33,13 @@ class DatasetFields:
     def missing_hint(cls, cfg: DatasetConfig, missing: set[str]) -> str:
         return ""
 
+    @classmethod
+    def classes_from_config(cls, cfg: DatasetConfig) -> tuple[int, str] | None:
+        """The number of classes the config alone tells (0: no labels), and where it comes from; None
+        where only the data can tell. A classifier's width depends on it, so budgetssl-plan prices a
+        step with it without opening the dataset."""
+        return None
+
 
 class PretrainDataset(DatasetFields, Dataset):
     """An indexable dataset of samples {"image": tv_tensors.Image, "label": int, "caption": str, ...}."""

@@ -85,9 +85,15 @@ class EnergyTracker:
         self.reading = EnergyReading(float(data.energy_consumed), float(co2 or 0.0), method, detail)
 
 
+def device_seconds(flops: float, peak_flops_per_s: float, utilization: float) -> float:
+    """The seconds one device of `peak_flops_per_s` takes for `flops` at that share of its peak (N
+    devices take 1/N of it, wall clock)."""
+    return flops / (peak_flops_per_s * utilization)
+
+
 def estimate_co2(flops: float, hw: HardwareModel) -> dict[str, Any]:
     """Energy and CO2 of `flops` on the hardware model, plus the model itself so the number is traceable."""
-    seconds = flops / (hw.peak_flops_per_s * hw.utilization)
+    seconds = device_seconds(flops, hw.peak_flops_per_s, hw.utilization)
     kwh = seconds * hw.power_watts * hw.pue / 3.6e6
     return {
         "energy_kwh_estimated": kwh,

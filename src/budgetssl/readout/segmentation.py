@@ -72,6 +72,19 @@ def read_features(model: Segmenter, x: torch.Tensor) -> torch.Tensor:
     return model.readout_norm(model.backbone(x, readout=model.readout))  # type: ignore[return-value]
 
 
+def probe_model(cfg: TransferConfig, backbone: Backbone, info: SegInfo) -> Segmenter:
+    """The probe's Segmenter: `cfg`'s head (probe_config: linear) on `backbone`, frozen."""
+    model = Segmenter(backbone, cfg.head, info.num_classes, info.ignore_index, image_size=cfg.image_size)
+    model.backbone.requires_grad_(False)
+    return model
+
+
+def probe_indices(readout: ReadoutConfig, train_images: int) -> list[int]:
+    """Which of the transfer's `train_images` training images the probe reads: readout.probe_images of
+    them, evenly spaced (every one where that is null or larger)."""
+    return evenly_spaced(train_images, readout.probe_images or train_images)
+
+
 def probe_view(
     cfg: TransferConfig, info: SegInfo, train_cfg: TrainConfig, device: torch.device
 ) -> BatchTrainView | None:
@@ -138,11 +151,10 @@ def probe(
     cfg = probe_config(cfg)
     train_set, val_set = build_segmentation(cfg, "train"), build_segmentation(cfg, "val")
     info = train_set.info
-    model = Segmenter(backbone, cfg.head, info.num_classes, info.ignore_index, image_size=cfg.image_size)
-    model.backbone.requires_grad_(False)
+    model = probe_model(cfg, backbone, info)
     device = world.device if world.distributed else resolve_device(train_cfg.device)
     model.to(device)
-    indices = evenly_spaced(len(train_set), readout.probe_images or len(train_set))
+    indices = probe_indices(readout, len(train_set))
     parts: list[torch.Tensor] = []
 
     def images() -> Iterator[torch.Tensor]:

@@ -66,6 +66,17 @@ class SegmentationDataset(Dataset):
             f"got {cfg.eval_stride}",
         )
 
+    @classmethod
+    def info_of(cls, cfg: TransferConfig) -> TransferInfo:
+        """The dataset's facts as its config gives them, without reading its files (its classes are
+        fixed): what the built dataset's `info` is, and what budgetssl-plan prices a transfer step with."""
+        raise NotImplementedError
+
+    @classmethod
+    def train_images_from_config(cls, cfg: TransferConfig) -> int | None:
+        """The training split's images where the config alone tells (None: only the files can)."""
+        return None
+
     def __len__(self) -> int:
         raise NotImplementedError
 

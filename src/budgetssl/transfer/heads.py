@@ -102,12 +102,14 @@ class MultiLevelHead(nn.Module):
 
 
 def level_channels(backbone: Backbone, image_size: int) -> list[int]:
-    """Channels of each level, from one dry forward pass in eval mode."""
+    """Channels of each level, from one dry forward pass in eval mode, on the backbone's device (the meta
+    device where a step is counted without running it: verify/flops.py)."""
     was_training = backbone.training
+    device = next(backbone.parameters()).device
     backbone.eval()
     try:
         with torch.no_grad():
-            levels = backbone(torch.zeros(1, 3, image_size, image_size), readout="levels")
+            levels = backbone(torch.zeros(1, 3, image_size, image_size, device=device), readout="levels")
     finally:
         backbone.train(was_training)
     return [f.shape[1] for f in levels]

@@ -12,10 +12,15 @@ published ViT-B/L counts at batch 4096.
 The step is counted in fp32 on one process at the global batch: the count reads shapes, not dtypes, and
 under torchrun the ranks' shares sum to the global batch's (contrastive losses gather every rank's
 embeddings, so each rank's logits are its rows of the global matrix).
+
+The transfer's step (`transfer_step`: the Segmenter fine-tuned by transfer/finetune.py) and the probe's
+feature pass (`probe_feature_flops`: readout/segmentation.py's frozen read-out of its training images) are
+counted the same way, for budgetssl-plan to price a run's every stage before it runs.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
@@ -28,17 +33,23 @@ from budgetssl.backbones.backbone import build_backbone, without_drop_path
 from budgetssl.config.check import RunConfig
 from budgetssl.data.base import build_dataset
 from budgetssl.data.info import DataInfo
-from budgetssl.engine.metering import first_step
-from budgetssl.engine.settings import loop_settings
+from budgetssl.engine.distributed import World
+from budgetssl.engine.metering import FirstStep, first_step
+from budgetssl.engine.settings import LoopSettings, loop_settings
+from budgetssl.engine.task import Task
 from budgetssl.engine.trainer import Trainer
 from budgetssl.errors import BudgetSSLError
 from budgetssl.meter.budget import FlopBudget, StepBudget
 from budgetssl.meter.counter import CONVENTION, CONVENTION_DETAIL, flops_per_image
-from budgetssl.meter.meta import build_on_meta, stand_in_batch
+from budgetssl.meter.meta import META, build_on_meta, stand_in_batch
 from budgetssl.meter.step_meter import StepMeter
-from budgetssl.methods.base import build_method
+from budgetssl.methods.base import Method, build_method
+from budgetssl.readout.features import compute_features
+from budgetssl.readout.segmentation import probe_model, read_features
 from budgetssl.record.identity import identity_of
 from budgetssl.record.sections import Pretraining, Record
+from budgetssl.transfer.base import TransferInfo
+from budgetssl.transfer.finetune import probe_config, segmenter, transfer_settings
 from budgetssl.verify.accounting import pretrained_here
 from budgetssl.verify.folder import RunFolder
 from budgetssl.verify.result import Check, fail, ok, skip
@@ -71,12 +82,22 @@ def data_info(run: RunConfig, record: Record) -> DataInfo:
     return DataInfo(image_size=run.dataset.image_size, class_names=tuple(f"class{i}" for i in range(classes)))
 
 
-def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
-    """The pretraining step of `run` counted on meta tensors (module docstring); `plan_budget=False`
-    prices the step without planning `budget.flops` (which may be smaller than one step)."""
-    start = time.perf_counter()
+def counted_step(
+    task: Task, settings: LoopSettings, batch: dict[str, Any], budget: Any, scalars: Any
+) -> FirstStep:
+    """The engine's metered first step of `task` (built on meta, its scalar buffers in `scalars`) on
+    the meta `batch`, under `settings` on the meta device in fp32, uncompiled."""
+    settings = replace(settings, device="meta", precision="fp32", compile=False)
+    trainer = Trainer(task, settings)  # moves the task to meta, its scalar buffers too
+    scalars.put_back()
+    task.train()
+    return first_step(trainer, StepMeter(), budget, batch, 0.0)
+
+
+def pretraining_step(run: RunConfig, info: DataInfo, budget: Any) -> tuple[Method, FirstStep, dict]:
+    """The method of `run` on data described by `info`, built on meta, its first step counted on the
+    stand-in batch under `budget`; and that batch."""
     size = run.dataset.image_size
-    info = data_info(run, record)
     built = build_on_meta(
         lambda: build_method(
             run.method, build_backbone(run.backbone, size, drop_path=run.train.drop_path), info
@@ -84,12 +105,23 @@ def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
     )
     method = built.module
     batch = stand_in_batch(method.views(), size, run.train.batch_size)
-    settings = replace(loop_settings(run), device="meta", precision="fp32", compile=False)
-    trainer = Trainer(method, settings)  # moves the task to meta, its scalar buffers too
-    built.put_back()
-    method.train()
+    return method, counted_step(method, loop_settings(run), batch, budget, built), batch
+
+
+def step_flops(run: RunConfig, classes: int) -> int:
+    """flops_per_step of `run` on data of `classes` classes, counted on meta tensors, its budget not
+    planned: what budgetssl-plan prices a job's steps with."""
+    info = data_info(run, Record(pretraining=Pretraining(data_classes=classes)))
+    return int(pretraining_step(run, info, StepBudget(1))[1].cost.total)
+
+
+def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
+    """The pretraining step of `run` counted on meta tensors (module docstring); `plan_budget=False`
+    prices the step without planning `budget.flops` (which may be smaller than one step)."""
+    start = time.perf_counter()
+    size = run.dataset.image_size
     budget = FlopBudget(run.budget.flops) if run.budget.flops and plan_budget else StepBudget(1)
-    first = first_step(trainer, StepMeter(), budget, batch, 0.0)
+    method, first, batch = pretraining_step(run, data_info(run, record), budget)
     return Derived(
         flops_per_step=int(first.cost.total),
         breakdown=first.cost.breakdown,
@@ -98,6 +130,43 @@ def derive(run: RunConfig, record: Record, plan_budget: bool = True) -> Derived:
         seconds=time.perf_counter() - start,
         params=sum(p.numel() for p in method.backbone.parameters()),
     )
+
+
+def transfer_step(run: RunConfig, info: TransferInfo) -> int:
+    """The FLOPs of one fine-tuning step of `run`'s transfer (transfer/finetune.py: its Segmenter on the
+    backbone, its recipe) at transfer.batch_size and transfer.image_size, counted on meta tensors;
+    `info` the transfer dataset's (its classes). The backbone is built as a random init's is: the
+    pretrained one differs in weights only."""
+    t = run.transfer
+    backbone = build_on_meta(lambda: build_backbone(run.backbone, t.image_size)).module  # wholly on meta
+    built = build_on_meta(lambda: segmenter(t, backbone, info, World()))  # its heads may probe it
+    size = (t.batch_size, t.image_size, t.image_size)
+    batch = {
+        "image": torch.empty((size[0], 3, *size[1:]), device=META),
+        "mask": torch.empty(size, dtype=torch.int64, device=META),
+    }
+    return int(
+        counted_step(built.module, transfer_settings(t, run.train), batch, StepBudget(1), built).cost.total
+    )
+
+
+def probe_feature_flops(run: RunConfig, info: TransferInfo, images: int) -> int:
+    """The FLOPs of the probe's feature pass over `images` training images (readout/segmentation.py:
+    the frozen backbone read out as its linear head reads it, in chunks of readout.batch_size), counted
+    on meta tensors."""
+    cfg = probe_config(run.transfer)
+    built = build_on_meta(lambda: probe_model(cfg, build_backbone(run.backbone, cfg.image_size), info))
+    model = built.module.to(META)
+    built.put_back()
+    step = run.readout.batch_size
+    chunks = (
+        torch.empty((min(step, images - i), 3, cfg.image_size, cfg.image_size), device=META)
+        for i in range(0, images, step)
+    )
+    _, flops = compute_features(
+        model.backbone, functools.partial(read_features, model), chunks, META, count=True
+    )
+    return int(flops or 0)
 
 
 def count(run: RunConfig) -> dict[str, Any]:

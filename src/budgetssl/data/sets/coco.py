@@ -97,6 +97,13 @@ class COCO(PretrainDataset):
         return frozenset({"image", "caption", "label"} if cfg.labels else {"image", "caption"})
 
     @classmethod
+    def classes_from_config(cls, cfg: COCOConfig) -> tuple[int, str]:  # type: ignore[override]
+        if not cfg.labels:
+            return 0, "dataset.labels=false"
+        # The 80 object categories of the instances annotations (Lin et al. 2014, "Microsoft COCO").
+        return 80, f"COCO's 80 object categories (instances_train{cfg.year}.json; not read)"
+
+    @classmethod
     def missing_hint(cls, cfg: COCOConfig, missing: set[str]) -> str:  # type: ignore[override]
         if "label" in missing and not cfg.labels:
             return f"set dataset.labels=true to read labels from annotations/instances_train{cfg.year}.json"

@@ -33,6 +33,10 @@ class ImageFolder(PretrainDataset):
     config_class = ImageFolderConfig
     provides = frozenset({"image"})
 
+    @classmethod
+    def classes_from_config(cls, cfg: ImageFolderConfig) -> tuple[int, str]:  # type: ignore[override]
+        return 0, "images without labels"
+
     def __init__(self, cfg: ImageFolderConfig, split: str = "train") -> None:
         if cfg.root is None:
             raise ConfigError("dataset 'image_folder' reads files: set dataset.root=<folder of images>")

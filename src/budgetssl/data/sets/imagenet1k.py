@@ -28,6 +28,11 @@ class ImageNet1K(ClassFolders):
     config_class = ImageNet1KConfig
     title = "ImageNet-1K"
 
+    @classmethod
+    def classes_from_config(cls, cfg: ImageNet1KConfig) -> tuple[int, str]:  # type: ignore[override]
+        # ILSVRC-2012's classes (Russakovsky et al. 2015, IJCV); a copy with other folders has other labels.
+        return 1000, "ILSVRC-2012's 1000 classes (its folders not read)"
+
     def readable_names(self, root: Path, ids: list[str]) -> list[str]:
         path = root / NAMES_FILE
         if not path.is_file():

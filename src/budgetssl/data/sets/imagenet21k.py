@@ -34,6 +34,14 @@ class ImageNet21K(ClassFolders):
     config_class = ImageNet21KConfig
     title = "ImageNet-21K"
 
+    @classmethod
+    def classes_from_config(cls, cfg: ImageNet21KConfig) -> tuple[int, str] | None:  # type: ignore[override]
+        if cfg.class_list is not None:
+            return None  # as many as the class list's lines
+        # The fall 2011 release's synsets (Ridnik et al. 2021, "ImageNet-21K Pretraining for the Masses",
+        # Sec. 2: 14,197,122 images in 21,841 classes); winter21 and ImageNet-21K-P have fewer.
+        return 21841, "the fall 2011 release's 21,841 synsets (its folders not read)"
+
     def layout(self, cfg: ImageNet21KConfig) -> str:  # type: ignore[override]
         return cfg.layout
 

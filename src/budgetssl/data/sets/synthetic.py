@@ -240,6 +240,10 @@ class SyntheticShapes(BatchDataset):
     config_class = SyntheticConfig
     provides = frozenset({"image", "label", "caption", "mask"})
 
+    @classmethod
+    def classes_from_config(cls, cfg: SyntheticConfig) -> tuple[int, str]:  # type: ignore[override]
+        return len(SHAPES), "the synthetic shapes"
+
     def __init__(self, cfg: SyntheticConfig, split: str = "train") -> None:
         if cfg.root is not None:
             raise ConfigError("dataset 'synthetic' is generated in memory: remove dataset.root")

@@ -105,6 +105,14 @@ class WebDataset(StreamingDataset):
         )
 
     @classmethod
+    def classes_from_config(cls, cfg: WebDatasetConfig) -> tuple[int, str] | None:  # type: ignore[override]
+        if not cfg.label_key:
+            return 0, "shards without labels (dataset.label_key=null)"
+        if cfg.num_classes:
+            return cfg.num_classes, "dataset.num_classes"
+        return None  # as many as the class list's lines
+
+    @classmethod
     def missing_hint(cls, cfg: WebDatasetConfig, missing: set[str]) -> str:  # type: ignore[override]
         hints = []
         if "caption" in missing:

@@ -79,8 +79,12 @@ class ADE20K(ImageMaskPairs):
         self.masks = [masks / f"{p.stem}.png" for p in self.images]
         require_files(self.masks, "mask", f"{split} images in {images}", "transfer.root", root, LAYOUT)
         self.skip = cfg.skip_corrupt
+        self.info = self.info_of(cfg)
+
+    @classmethod
+    def info_of(cls, cfg: TransferConfig) -> TransferInfo:
         # No background class: the 150 are objects and stuff, and "other" is ignored, so miou_objects = miou.
-        self.info = TransferInfo(
+        return TransferInfo(
             image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE, background_index=None
         )
 

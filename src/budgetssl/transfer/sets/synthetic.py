@@ -61,12 +61,20 @@ class SyntheticSegmentation(WholeBatches, SegmentationDataset):
         self.split = f"transfer_{split}"
         self.length = cfg.num_train if split == "train" else cfg.num_val
         self.size = cfg.image_size if split == "train" else cfg.val_image_size or cfg.image_size
-        self.info = TransferInfo(
+        self.info = self.info_of(cfg)
+
+    @classmethod
+    def info_of(cls, cfg: TransferConfig) -> TransferInfo:
+        return TransferInfo(
             image_size=cfg.image_size,
             class_names=("background", *SHAPES),
             ignore_index=IGNORE,
             background_index=0,
         )
+
+    @classmethod
+    def train_images_from_config(cls, cfg: SyntheticSegConfig) -> int:  # type: ignore[override]
+        return cfg.num_train
 
     def __len__(self) -> int:
         return self.length

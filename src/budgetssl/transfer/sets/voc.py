@@ -66,6 +66,10 @@ class VOC(ImageMaskPairs):
         for kind, paths in (("image", self.images), ("mask", self.masks)):
             require_files(paths, kind, f"ids in {listed}", "transfer.root", root, LAYOUT)
         self.skip = cfg.skip_corrupt
-        self.info = TransferInfo(
+        self.info = self.info_of(cfg)
+
+    @classmethod
+    def info_of(cls, cfg: TransferConfig) -> TransferInfo:
+        return TransferInfo(
             image_size=cfg.image_size, class_names=CLASSES, ignore_index=IGNORE, background_index=0
         )
