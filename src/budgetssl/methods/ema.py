@@ -100,12 +100,18 @@ def momentum_at(fraction: float, base: float) -> float:
     return cosine(fraction, base, 1.0)
 
 
+def decay_leaving(max_init_weight: float) -> float:
+    """(1 - m0) x N, the start's distance from 1 times the updates, at which the bound on the initial
+    teacher's weight, exp(-(1 - m0) N / 2) (init_weight_bound), is `max_init_weight`: 2 ln(1 / W_max)."""
+    return 2.0 * math.log(1.0 / max_init_weight)
+
+
 def budget_aware_momentum(base: float, steps: int, max_init_weight: float = MAX_INIT_WEIGHT) -> float:
     """The budget-aware start for a plan of `steps` updates (the module docstring derives it): the
     reference's `base` when the plan is long enough, lower when it is short."""
     if steps < 1:
         return base
-    return max(0.0, min(base, 1.0 - 2.0 * math.log(1.0 / max_init_weight) / steps))
+    return max(0.0, min(base, 1.0 - decay_leaving(max_init_weight) / steps))
 
 
 def budget_aware_updates(base: float, max_init_weight: float = MAX_INIT_WEIGHT) -> int:
@@ -113,7 +119,7 @@ def budget_aware_updates(base: float, max_init_weight: float = MAX_INIT_WEIGHT) 
     2 ln(1 / W_max) / (1 - base) rounded up, 2303 at 0.996 and 922 at 0.99. A shorter plan starts lower under
     `budget_aware` (and `floor`, down to its floor) and keeps more than W_max of the initial teacher under
     `published`."""
-    return math.ceil(2.0 * math.log(1.0 / max_init_weight) / (1.0 - base)) if base < 1 else 0
+    return math.ceil(decay_leaving(max_init_weight) / (1.0 - base)) if base < 1 else 0
 
 
 def init_weight_bound(start: float, steps: int) -> float:
