@@ -63,3 +63,11 @@ def test_accumulates_over_batches_like_one_big_batch():
     assert score.compute()["miou"] == pytest.approx(
         100 * float(jaccard(torch.from_numpy(pred), torch.from_numpy(target)))
     )
+
+
+def test_a_class_outside_the_range_is_an_error_naming_it():
+    score = SegmentationScore(3, IGNORE)
+    with pytest.raises(ValueError, match="outside 0-2"):
+        score.update(torch.tensor([0, 1]), torch.tensor([0, 3]))
+    score.update(torch.tensor([0, 1]), torch.tensor([IGNORE, 1]))  # an ignored pixel is not checked
+    assert score.compute()["miou"] == pytest.approx(100.0)

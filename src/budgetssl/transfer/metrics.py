@@ -1,4 +1,4 @@
-"""Segmentation scores from a confusion matrix accumulated by torchmetrics.
+"""Segmentation scores from a confusion matrix accumulated over the evaluation set.
 
 mIoU follows the common (mmsegmentation) convention: per-class IoU over the whole evaluation set,
 averaged over the classes that occur in the ground truth or the predictions; ignored pixels excluded.
@@ -14,26 +14,36 @@ import torch
 
 
 class SegmentationScore:
-    def __init__(self, num_classes: int, ignore_index: int, background_index: int | None = None) -> None:
-        # Imported here, not with the module: torchmetrics' import (1-2 s on this project's 2-core CPU; it
-        # loads its audio, image and plotting modules, matplotlib among them) would otherwise be paid by
-        # every process that loads the transfer stage, most of which (a pretraining run, a config error,
-        # budgetssl-flops) never score.
-        from torchmetrics.classification import MulticlassConfusionMatrix
+    """A confusion matrix (rows: target, columns: prediction) accumulated over batches, as torchmetrics'
+    MulticlassConfusionMatrix accumulates it (tests/test_metrics.py checks the scores against its
+    MulticlassJaccardIndex). Counted here with one bincount, not through torchmetrics: importing
+    torchmetrics loads scipy.signal and matplotlib (its audio and plotting modules), seconds of every
+    process that scores a transfer, for what is one line."""
 
+    def __init__(self, num_classes: int, ignore_index: int, background_index: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.background_index = background_index
-        self.confusion = MulticlassConfusionMatrix(
-            num_classes, ignore_index=ignore_index, validate_args=False
-        )
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """pred and target: integer class maps of the same shape."""
-        self.confusion.update(pred.flatten().cpu(), target.flatten().cpu())
+        """pred and target: integer class maps of the same shape; pixels whose target is `ignore_index`
+        are left out."""
+        pred, target = pred.flatten().cpu().long(), target.flatten().cpu().long()
+        keep = target != self.ignore_index
+        n = self.num_classes
+        cells = target[keep] * n + pred[keep]
+        if cells.numel() and not (0 <= int(cells.min()) and int(cells.max()) < n * n):
+            raise ValueError(
+                f"a class map holds a class outside 0-{n - 1} (other than the ignored {self.ignore_index}): "
+                "check the dataset's masks and num_classes"
+            )
+        self.confusion += torch.bincount(cells, minlength=n * n).reshape(n, n)
 
     def compute(self, combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, object]:
         """The scores; `combine` first turns this confusion matrix into the one scored (e.g. the sum of
         every rank's, each having scored its share of the images)."""
-        cm = self.confusion.compute()  # rows: target, columns: prediction
+        cm = self.confusion.clone()  # rows: target, columns: prediction
         if combine is not None:
             cm = combine(cm)
         return scores_from_confusion(cm.double(), self.background_index)
