@@ -20,6 +20,7 @@ from budgetssl.readout.linear import (
     fit_linear,
     predict,
 )
+from budgetssl.transfer.metrics import SegmentationScore
 from conftest import TINY, TINY_BUDGET, run_config, run_in_process, small, summary
 from layouts import write_imagenet
 
@@ -183,6 +184,23 @@ def test_the_probes_upsampling_is_torchs_bilinear_resize():
         logits.reshape(6, 6, 4, 5), size=(16, 20), mode="bilinear", align_corners=False
     ).view(2, 3, 6, 16, 20)
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_the_probes_held_out_score_is_the_miou_of_each_pixels_argmax():
+    """Logits with many equal maxima (rounded) and a NaN: each head's score is the mIoU (the transfer's
+    SegmentationScore) of torch.argmax's classes, the first maximum taken, as the transfer's evaluation
+    takes it."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randint(0, 3, (3, 4, 6, 4, 4), generator=g).float()  # (L, n, K, h, w): ties everywhere
+    logits[1, 0, 2, 0, 0] = float("nan")
+    masks = torch.randint(0, 6, (4, 8, 8), generator=g)
+    masks[0, :2] = 255
+    task = Segmentation(6, 255)
+    up = task.upsampled(logits, (8, 8))
+    for i, got in enumerate(task.score(logits, masks).tolist()):
+        score = SegmentationScore(6, 255)
+        score.update(up[i].argmax(dim=1), masks)
+        assert got == pytest.approx(score.compute()["miou"], rel=1e-6)  # the score is a float32
 
 
 @pytest.mark.parametrize(
