@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from budgetssl.backbones.backbone import build_backbone
-from budgetssl.readout.classify import classify, evenly_spaced, why_not
+from budgetssl.data.base import WholeBatches, build_dataset
+from budgetssl.readout.classify import CHUNK, classify, evenly_spaced, labelled, view, why_not
 from budgetssl.readout.knn import knn_accuracy, knn_predict
 from budgetssl.readout.linear import (
     Classification,
@@ -148,6 +149,19 @@ def test_the_segmentation_loss_is_the_segmenters_cross_entropy():
 
 def test_images_are_spread_evenly_over_a_split():
     assert evenly_spaced(10, 4) == [0, 2, 5, 7] and evenly_spaced(3, 5) == [0, 1, 2]
+
+
+def test_a_read_outs_images_from_whole_batches_are_each_samples_view():
+    """The synthetic set gives the read-out its images a chunk at a time (WholeBatches): the same images,
+    views and labels, in the same order, as sample by sample, over more than one chunk."""
+    dataset = build_dataset(run_config(*TINY, "dataset.num_train=1024").dataset, "train")
+    assert isinstance(dataset, WholeBatches)
+    transform = view(dataset.info, 16)
+    images, labels = labelled(dataset, 600, transform)
+    indices = evenly_spaced(len(dataset), 600)
+    assert len(indices) == 600 > CHUNK
+    assert torch.equal(images, torch.stack([transform(dataset[i]["image"]) for i in indices]))
+    assert labels.tolist() == [int(dataset[i]["label"]) for i in indices]
 
 
 def test_a_random_init_records_its_readout(tmp_path):
