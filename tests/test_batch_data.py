@@ -7,13 +7,14 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from budgetssl.data.info import DataInfo
 from budgetssl.data.loader import BatchFetch, collate_images, endless_batches
 from budgetssl.data.sampler import EpochBatchSampler, EpochSampler, Seeded, mix, seeded
-from budgetssl.data.sets.synthetic import CHUNK, SyntheticShapes
+from budgetssl.data.sets.synthetic import CHUNK, SceneCache, SyntheticShapes, Whole
 from budgetssl.data.shapes import SHAPES
 from budgetssl.methods import batched, captions
 from budgetssl.methods.augment import MultiView, fields_batch, ssl_crop
@@ -125,6 +126,28 @@ def test_a_synthetic_batch_is_its_samples_stacked():
         ds.batch([-1])
     with pytest.raises(ValueError, match="non-empty list of indices"):
         ds.batch([])
+
+
+def test_a_batch_is_the_same_from_the_whole_streams_arrays_and_from_its_chunks(tmp_path):
+    """A stream that fits is gathered from one set of arrays (SceneCache.whole), one that does not chunk by
+    chunk: the same scenes either way, chunks kept already or read from the store."""
+    indices = np.array([CHUNK + 2, 3, 2 * CHUNK + 5, CHUNK - 1, 3, CHUNK])  # three chunks, a repeat
+    length = 3 * CHUNK
+    by_chunk = SceneCache(folder=tmp_path).rows(0, "train", indices, 16, 3)  # no length: chunk by chunk
+    roomy = SceneCache(folder=tmp_path)
+    roomy.chunk((0, "train", CHUNK, 16, 3))  # one chunk kept already, the others read from the store
+    whole = roomy.rows(0, "train", indices, 16, 3, length)
+    assert roomy.wholes and all(w is not None for w in roomy.wholes.values())
+    assert (
+        roomy.rows(0, "train", indices[::-1], 16, 3, length).labels.tolist() == by_chunk.labels.tolist()[::-1]
+    )
+    tight = SceneCache(max_bytes=Whole.size(length, 16) - 1, folder=tmp_path)
+    chunked = tight.rows(0, "train", indices, 16, 3, length)
+    assert list(tight.wholes.values()) == [None]  # did not fit: chunk by chunk
+    for got in (whole, chunked):
+        assert np.array_equal(got.images, by_chunk.images) and np.array_equal(got.masks, by_chunk.masks)
+        assert got.labels.tolist() == by_chunk.labels.tolist()
+        assert got.captions.tolist() == by_chunk.captions.tolist()
 
 
 def test_several_captions_draw_one_per_sample_with_its_seed_as_the_per_sample_path():

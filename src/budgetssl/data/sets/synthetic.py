@@ -137,6 +137,11 @@ class SceneCache:
     render its 20k training scenes once between them, not once each. Files are written atomically; an
     unwritable folder costs only the rendering. `store=False` keeps memory only. One memory cache per
     process (each data-loader worker fills its own); the disk is shared.
+
+    A batch (`rows`) of a stream whose every scene fits in `max_bytes` beside what is kept is gathered
+    from one set of arrays that holds the whole stream (`Whole`, filled a chunk at a time as batches first
+    reach it), one fancy index for the batch; otherwise from each chunk it falls in, a gather per chunk,
+    whose per-chunk cost was most of a training batch's loading at the demo's sizes.
     """
 
     def __init__(self, max_bytes: int = 256 * 2**20, folder: Path | None = None, store: bool = True) -> None:
@@ -145,6 +150,7 @@ class SceneCache:
         self.store = store
         self.used = 0
         self.chunks: OrderedDict[tuple, Chunk] = OrderedDict()
+        self.wholes: dict[tuple, Whole | None] = {}  # by stream and length; None: it does not fit
         self.version = renderer_version()
 
     def path(self, key: tuple) -> Path | None:
@@ -159,6 +165,16 @@ class SceneCache:
         if found is not None:
             self.chunks.move_to_end(key)
             return found
+        made = self.read(key)
+        self.chunks[key] = made
+        self.used += made.nbytes
+        while self.used > self.max_bytes and len(self.chunks) > 1:
+            _, old = self.chunks.popitem(last=False)
+            self.used -= old.nbytes
+        return made
+
+    def read(self, key: tuple) -> Chunk:
+        """The chunk `key` from the store, else rendered (and stored)."""
         path = self.path(key)
         made = Chunk.load(path, key[3]) if path is not None and path.exists() else None
         if made is None:
@@ -169,11 +185,6 @@ class SceneCache:
                 except (OSError, BudgetSSLError) as e:
                     warnings.warn(f"cannot store rendered scenes in {path.parent} ({e})", stacklevel=2)
                     self.store = False
-        self.chunks[key] = made
-        self.used += made.nbytes
-        while self.used > self.max_bytes and len(self.chunks) > 1:
-            _, old = self.chunks.popitem(last=False)
-            self.used -= old.nbytes
         return made
 
     def __call__(self, data_seed: int, split: str, index: int, image_size: int, max_objects: int) -> Rendered:
@@ -181,10 +192,24 @@ class SceneCache:
         return self.chunk((data_seed, split, first, image_size, max_objects))[index - first]
 
     def rows(
-        self, data_seed: int, split: str, indices: np.ndarray, image_size: int, max_objects: int
+        self,
+        data_seed: int,
+        split: str,
+        indices: np.ndarray,
+        image_size: int,
+        max_objects: int,
+        length: int | None = None,
     ) -> Chunk:
-        """The scenes at `indices` (any order, repeats allowed), in that order: one gather from each
-        chunk they fall in."""
+        """The scenes at `indices` (any order, repeats allowed), in that order: from the whole stream's
+        arrays where the stream of `length` scenes fits (see the class), else one gather from each chunk
+        they fall in."""
+        if length is not None:
+            whole = self.whole(data_seed, split, image_size, max_objects, length)
+            if whole is not None:
+                for first in whole.missing(indices):  # a chunk kept already is copied, else read
+                    key = (data_seed, split, first, image_size, max_objects)
+                    whole.fill(first, self.chunks.get(key) or self.read(key))
+                return whole.rows(indices)
         count = len(indices)
         images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
         masks = np.empty((count, image_size, image_size), dtype=np.uint8)
@@ -199,6 +224,51 @@ class SceneCache:
             for place, caption in zip(at.tolist(), chunk.captions[rows].tolist(), strict=True):
                 captions[place] = caption
         return Chunk(images, masks, labels, np.array(captions))
+
+    def whole(
+        self, data_seed: int, split: str, image_size: int, max_objects: int, length: int
+    ) -> Whole | None:
+        """The arrays of the stream's first `length` scenes, made the first time it fits in what is left
+        of `max_bytes`; None where it does not."""
+        key = (data_seed, split, image_size, max_objects, length)
+        if key not in self.wholes:
+            size = Whole.size(length, image_size)
+            fits = self.used + size <= self.max_bytes
+            self.wholes[key] = Whole(length, image_size) if fits else None
+            self.used += size if fits else 0
+        return self.wholes[key]
+
+
+class Whole:
+    """A stream's scenes 0..length (rounded up to whole chunks) in one set of arrays, each chunk copied
+    in the first time a batch reaches it (`fill`): a batch is then one gather."""
+
+    def __init__(self, length: int, image_size: int) -> None:
+        n = -(-length // CHUNK) * CHUNK
+        self.images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+        self.masks = np.empty((n, image_size, image_size), dtype=np.uint8)
+        self.labels = np.empty(n, dtype=np.int64)
+        self.captions = np.empty(n, dtype=object)
+        self.filled = np.zeros(n // CHUNK, dtype=bool)
+
+    @staticmethod
+    def size(length: int, image_size: int) -> int:
+        """Its bytes: pixels, mask, label and a caption's reference a scene."""
+        return -(-length // CHUNK) * CHUNK * (4 * image_size * image_size + 16)
+
+    def missing(self, indices: np.ndarray) -> list[int]:
+        """The first index of each chunk that `indices` fall in and that is not filled yet."""
+        chunks = np.unique(indices // CHUNK)
+        return (chunks[~self.filled[chunks]] * CHUNK).tolist()
+
+    def fill(self, first: int, chunk: Chunk) -> None:
+        at = slice(first, first + CHUNK)
+        self.images[at], self.masks[at], self.labels[at] = chunk.images, chunk.masks, chunk.labels
+        self.captions[at] = chunk.captions.tolist()
+        self.filled[first // CHUNK] = True
+
+    def rows(self, indices: np.ndarray) -> Chunk:
+        return Chunk(self.images[indices], self.masks[indices], self.labels[indices], self.captions[indices])
 
 
 cached_scene = SceneCache()
@@ -272,4 +342,6 @@ class SyntheticShapes(BatchDataset):
         """A gather from the chunks' arrays, no sample made alone (BatchDataset)."""
         at = batch_indices(indices, self.length, f"samples of '{self.split}'")
         cfg = self.cfg
-        return to_batch(cached_scene.rows(cfg.data_seed, self.split, at, cfg.image_size, cfg.max_objects))
+        return to_batch(
+            cached_scene.rows(cfg.data_seed, self.split, at, cfg.image_size, cfg.max_objects, self.length)
+        )
