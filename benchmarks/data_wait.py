@@ -81,6 +81,7 @@ def measure(method: str, steps: int, overrides: list[str]) -> dict[str, float]:
     t0 = time.perf_counter()
     result = train(task, batches, loop_settings(run), StepBudget(steps), label="pretrain")
     out = waited(batches, time.perf_counter() - t0, steps)
+    stream.close()  # the loop ends the thread of a stream it is given itself, not one wrapped
     recorded = getattr(result, "data_wait_share", None)  # the loop's own figure, where it keeps one
     if recorded is not None:
         out["recorded"] = recorded
@@ -93,10 +94,13 @@ def measure_transfer(steps: int, overrides: list[str]) -> dict[str, float]:
     torch.manual_seed(run.seed)
     train_set = build_segmentation(cfg, "train")
     model = segmenter(cfg, build_backbone(run.backbone, cfg.image_size), train_set.info, world)
-    batches = Waited(training_batches(cfg, train_set, run.train, run.seed, world))
+    stream = training_batches(cfg, train_set, run.train, run.seed, world)
+    batches = Waited(stream)
     t0 = time.perf_counter()
     result = train(model, batches, transfer_settings(cfg, run.train), StepBudget(steps), label="transfer")
-    return waited(batches, time.perf_counter() - t0, steps) | {"recorded": result.data_wait_share}
+    out = waited(batches, time.perf_counter() - t0, steps) | {"recorded": result.data_wait_share}
+    stream.close()
+    return out
 
 
 def measure_probe(overrides: list[str]) -> dict[str, float]:

@@ -9,14 +9,16 @@ of images of several sizes are padded to the largest (`collate_images`), and the
 to an `after` hook that makes the views on the training device. Where that view also takes a whole batch
 (BatchView) and the dataset gives one (data/base.py WholeBatches: the synthetic sets), a batch is one
 fetch of the batch's indices (BatchFetch, keyed by EpochBatchSampler): the same batches, value for value,
-without a dict per sample or a collation; workers, if any, prefetch whole batches.
+without a dict per sample or a collation; workers, if any, prefetch whole batches. The `after` work of
+the batch after the one handed out runs on a background thread while the step trains (Ahead).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -240,39 +242,109 @@ def endless(
         position.epoch, position.in_epoch = position.epoch + 1, 0
 
 
+def viewed_in(stream: Any, after: After, batch: dict[str, Any], position: Position) -> dict[str, Any]:
+    """`after(batch, position)` on the CUDA `stream` (made current here, with its device), or as it is
+    where there is none."""
+    if stream is None:
+        return after(batch, position)
+    with torch.cuda.stream(stream):
+        return after(batch, position)
+
+
+class Ahead:
+    """One background thread that runs a stream's `after` work (the batch to the device and viewed there)
+    on the batch after the one handed out, while the main thread trains on that one: the standard
+    prefetch to the device (timm's PrefetchLoader), here a thread, since torch's ops release the GIL.
+
+    A single worker runs the jobs in the order given, one at a time, so the views' own generator
+    (methods/batched.py OnDevice) is never drawn from by two batches at once, even when a job dropped by
+    `Batches.restore` is still running. What the thread inherits and what not (thread-local state): it
+    runs outside autocast and with grad enabled (OnDevice enters no_grad itself), as the views ran in
+    the loop's `next` before, outside the step's autocast; torch's dispatch modes (the meter's FLOP
+    counter) are the main thread's and do not see it; its torch thread count is the process's. On a GPU
+    each job runs on the CUDA stream that was current in the calling thread when it was given (and on
+    that stream's device), the stream the views used when they ran in the main thread: its kernels queue
+    behind the step's on that one stream, and the thread saves the main thread the host's time of
+    launching them. `close` ends the thread; a later job starts another."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, after: After, batch: dict[str, Any], position: Position) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="budgetssl-views")
+        stream = torch.cuda.current_stream() if torch.cuda.is_initialized() else None
+        return self._pool.submit(viewed_in, stream, after, batch, position)
+
+    def close(self) -> None:
+        """Wait for the job running (if any) and end the thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+@dataclass
+class Pending:
+    """A batch fetched ahead: its views being made (or the loader's error fetching it) and the position
+    after it."""
+
+    views: Future
+    position: Position | None
+
+
+def failed(error: BaseException) -> Future:
+    """A future that raises `error` (its traceback kept) when read."""
+    future: Future = Future()
+    future.set_exception(error)
+    return future
+
+
 class Batches(Iterator[dict[str, Any]]):
     """Full batches forever from `loader`; `skipped` is the number of unreadable samples skipped so far.
 
     The position (epoch, batches handed out in it) is what a checkpoint stores; `restore` puts a fresh
     stream there before its first batch. An indexed dataset's sampler seeks to it without loading a
     sample; a stream cannot seek, so a partly read pass resumes as the next pass (a new shard order).
+
+    With an `after` hook (the views on the device) and `ahead` (the default), `next` hands out batch k,
+    whose views a background thread (Ahead) made while the step of batch k - 1 ran, after fetching batch
+    k + 1 from the loader here, in the calling thread (with no workers the loader may reseed torch's
+    global generator per sample, data/sampler.py Seeded, which the step draws from: it stays out of the
+    thread), and giving the thread its views, with its position as it was when fetched. The batches are
+    the same, value for value, as without the thread (`ahead=False`: each batch viewed in `next`).
+    `position` and `state()` stay the position after the last batch handed out, not after the one
+    fetched ahead; `restore` drops that one. An error fetching or viewing a batch is raised, with its
+    traceback, by the `next` that would have handed that batch out. The loader's skip count
+    (`skipped`) includes the batch fetched ahead, as it includes what its workers prefetch. `close`
+    ends the thread (the loop does, as it ends); the stream stays usable, and its next `next` starts
+    another thread.
     """
 
     def __init__(
-        self, loader: DataLoader, batch_size: int, counter: SkipCounter, after: After | None = None
+        self,
+        loader: DataLoader,
+        batch_size: int,
+        counter: SkipCounter,
+        after: After | None = None,
+        ahead: bool = True,
     ) -> None:
         self.loader = loader
         self.batch_size = batch_size
         self.counter = counter
         self.after = after  # what each batch goes through once collated (the views on the device)
-        self.position = Position()
+        self.position = Position()  # after the last batch handed out
+        self._fetched = Position()  # after the last batch the loader gave (one ahead while one is pending)
+        self._ahead = Ahead() if after is not None and ahead else None
+        self._pending: Pending | None = None
         self._batches = self._forever()
 
     @property
     def epoch(self) -> int:
         return self.position.epoch
 
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self.position.epoch = value
-
     @property
     def in_epoch(self) -> int:
         return self.position.in_epoch
-
-    @in_epoch.setter
-    def in_epoch(self, value: int) -> None:
-        self.position.in_epoch = value
 
     @property
     def skipped(self) -> int:
@@ -282,20 +354,49 @@ class Batches(Iterator[dict[str, Any]]):
         return {"epoch": self.epoch, "batches_in_epoch": self.in_epoch}
 
     def restore(self, state: dict[str, int]) -> None:
-        self.epoch, self.in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
+        epoch, in_epoch = int(state["epoch"]), int(state["batches_in_epoch"])
         stream = self.loader.dataset
         if isinstance(stream, ViewedStream):
-            if self.in_epoch:
-                self.epoch, self.in_epoch = self.epoch + 1, 0
-            stream.epoch = self.epoch
+            if in_epoch:
+                epoch, in_epoch = epoch + 1, 0
+            stream.epoch = epoch
+        self.position, self._fetched = Position(epoch, in_epoch), Position(epoch, in_epoch)
+        self._pending = None  # views still being made run to their end on the thread, unread
         self._batches = self._forever()
 
+    def close(self) -> None:
+        """End the background thread, if any, once the batch it is viewing is made (kept: the next
+        `next` hands it out as usual). Call it when the stream will not be read for a while."""
+        if self._ahead is not None:
+            self._ahead.close()
+
     def _forever(self) -> Iterator[dict[str, Any]]:
-        return endless(self.loader, self.position, self.batch_size, self.counter)
+        return endless(self.loader, self._fetched, self.batch_size, self.counter)
+
+    def _fetch(self) -> tuple[dict[str, Any], Position]:
+        """The loader's next batch and the position after it (a copy: the loader moves on)."""
+        batch = next(self._batches)
+        return batch, replace(self._fetched)
+
+    def _fetch_ahead(self, ahead: Ahead, after: After) -> Pending:
+        try:
+            batch, position = self._fetch()
+        except Exception as e:  # raised by the next that hands this batch out (StopIteration too)
+            return Pending(failed(e), None)
+        return Pending(ahead.submit(after, batch, position), position)
 
     def __next__(self) -> dict[str, Any]:
-        batch = next(self._batches)
-        return batch if self.after is None else self.after(batch, self.position)
+        if self._ahead is None or self.after is None:
+            batch, position = self._fetch()
+            self.position = position
+            return batch if self.after is None else self.after(batch, position)
+        this = self._pending if self._pending is not None else self._fetch_ahead(self._ahead, self.after)
+        # The next batch from the loader while this one's views finish on the thread.
+        self._pending = self._fetch_ahead(self._ahead, self.after)
+        batch = this.views.result()  # the views' error, if any, raised here with its traceback
+        assert this.position is not None  # a batch that failed to load raised above
+        self.position = this.position
+        return batch
 
 
 def endless_batches(
@@ -311,6 +412,7 @@ def endless_batches(
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     after: After | None = None,
     view_draws: bool = True,
+    ahead: bool = True,
 ) -> Batches:
     """Full batches forever, a fresh shuffle each epoch, all determined by `seed`.
 
@@ -320,7 +422,8 @@ def endless_batches(
     batch of samples, `after` runs on each collated batch (augment_on=device). A BatchView on a
     WholeBatches dataset makes each batch in one fetch instead (`collate` unused): the same batches.
     `view_draws=False` says that `view` draws no random number (it only decodes): an indexed dataset's
-    samples are then not reseeded one by one (sampler.Seeded).
+    samples are then not reseeded one by one (sampler.Seeded). `ahead`: `after` runs on the next batch
+    on a background thread while this one trains (Batches); False runs it in `next` (the same batches).
     """
     if options is None:
         if num_workers == "auto":
@@ -343,7 +446,7 @@ def endless_batches(
     counter = SkipCounter(workers)
     if isinstance(dataset, StreamingDataset):
         stream = ViewedStream(dataset, view, seed, counter)
-        return Batches(DataLoader(stream, **common), batch_size, counter, after)
+        return Batches(DataLoader(stream, **common), batch_size, counter, after, ahead)
     size = len(dataset)  # type: ignore[arg-type]
     if size < batch_size * world:
         raise ConfigError(
@@ -354,7 +457,7 @@ def endless_batches(
         fetch = BatchFetch(dataset, view, counter)
         sampler = EpochBatchSampler(size, batch_size, seed, rank, world)
         whole = common | dict(batch_size=None, drop_last=False, collate_fn=as_fetched)  # full by the sampler
-        return Batches(DataLoader(fetch, sampler=sampler, **whole), batch_size, counter, after)
+        return Batches(DataLoader(fetch, sampler=sampler, **whole), batch_size, counter, after, ahead)
     sampler = EpochSampler(size, batch_size, seed, rank, world)
     viewed_set = Seeded(Viewed(dataset, view, counter), reseed=view_draws)
-    return Batches(DataLoader(viewed_set, sampler=sampler, **common), batch_size, counter, after)
+    return Batches(DataLoader(viewed_set, sampler=sampler, **common), batch_size, counter, after, ahead)

@@ -14,7 +14,10 @@ loss) is the same on every rank.
 Nothing in a step waits for the device: losses stay on it until a logged step, a checkpoint or the end
 reads them (engine.losses, which also stops the run at the first non-finite one, with its step), and a
 checkpoint is written in the background. Where the wall time went (data, metering, checkpoints,
-monitors) is kept in the state and returned.
+monitors) is kept in the state and returned. The data time is how long the loop blocks for the next
+batch: a Batches stream (data/loader.py) views the batch after the current one on a thread while the
+step runs, so what it counts is the loader's part of the next batch and whatever of the views the step
+did not cover; the loop ends that thread as it ends.
 
 A stage may pass a `monitor` (engine/monitoring.py): called before the first step, on every logged step
 (its values join that step's metrics row, prefixed `monitor/`) and at the end, outside the meter.
@@ -29,6 +32,7 @@ from typing import Any
 
 import torch
 
+from budgetssl.data.loader import Batches
 from budgetssl.engine import signals
 from budgetssl.engine.checkpoint_files import Checkpoints
 from budgetssl.engine.distributed import World, check_in_sync, current
@@ -214,6 +218,8 @@ def train(
         raise
     finally:
         progress.close()
+        if isinstance(batches, Batches):
+            batches.close()  # its views thread ends with the loop (the stream stays usable)
     assert state.plan is not None and state.first is not None
     check_in_sync(task, world)
     saver.finish(state)

@@ -417,8 +417,9 @@ BatchViews = Callable[[dict[str, Any], Draws], dict[str, Any]]  # a collated bat
 
 
 class OnDevice:
-    """The device's half of augment_on=device, run on each batch the stream hands out: the batch moved
-    to `device` and viewed there by `views` (a method's DeviceViews, the transfer's training view),
+    """The device's half of augment_on=device, run on each batch the stream hands out (on the stream's
+    background thread, a batch ahead of the step: data/loader.py Batches): the batch moved to `device`
+    and viewed there by `views` (a method's DeviceViews, the transfer's training view),
     drawing from a generator seeded by (seed, epoch, batch in epoch) for the global batch (Draws), so a
     resumed run draws what an uninterrupted one did and N ranks draw what one process does. Outside the
     metered step (augmentation is data work, not the model's FLOPs), under no_grad."""
