@@ -9,7 +9,9 @@ A step's passes are counted by `Counting`, a dispatch mode that applies torch's 
 root's direct children with forward hooks on those children alone. It counts exactly what FlopCounterMode
 counts (tests/test_utilisation.py compares them on real steps), at under half its cost: FlopCounterMode
 also tracks every module of the model, forward and backward, for a breakdown the meter does not use, and
-the metered step was the harness's largest cost on CPU (benchmarks/overhead.py).
+the metered step was the harness's largest cost on CPU (benchmarks/overhead.py). What the mode costs is
+paid on every op, so its Python per op is kept short: what to do with an op is asked once per op
+(`PLANS`), a rule's count once per op and shapes (`COUNTS`, `count`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ QUERIES = {
 
 COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 PLANS: dict[Any, tuple[bool, bool, Callable[..., int] | None]] = {}  # by op, filled as ops are first seen
+SHAPE_RULE = shape_wrapper(int).__code__  # the code of every rule torch's shape_wrapper wraps
+COUNTS: dict[Any, int] = {}  # a shape rule's count by op and what it sees, filled as they are first seen
 
 
 def custom_rules() -> dict[Any, Callable[..., int]]:
@@ -115,11 +119,54 @@ class Counting(TorchDispatchMode):
                     return out
         out = func(*args, **kwargs)
         if rule is not None:
-            flops = rule(*args, **kwargs, out_val=out)
+            flops = count(func, rule, args, kwargs, out)
             self.total += flops
             for name in set(self.active):
                 self.by_child[name] = self.by_child.get(name, 0) + flops
         return out
+
+
+def count(func: Any, rule: Callable[..., int], args: Any, kwargs: Any, out: Any) -> int:
+    """`rule`'s count of `func` run on `args` and `kwargs` into `out`: what FlopCounterMode's call gives.
+
+    A rule torch's shape_wrapper wraps sees only the tensors' shapes and the other arguments, so its
+    count is remembered by what it sees (`seen`): a step repeats a few shapes, one per kind of layer, and
+    the wrapper maps the arguments through torch's pytree at many times the cost of the rule's own
+    arithmetic. A new one is counted by the rule itself, on the shapes the wrapper would give it."""
+    if getattr(rule, "__code__", None) is not SHAPE_RULE:  # a raw rule (torch's `get_raw`) sees tensors
+        return rule(*args, **kwargs, out_val=out)
+    key = (func, seen(args), seen(kwargs), seen(out))
+    try:
+        flops = COUNTS.get(key)
+    except TypeError:  # something unhashable (a symbolic size): counted, not remembered
+        return rule(*args, **kwargs, out_val=out)
+    if flops is None:
+        flops = COUNTS[key] = rule.__wrapped__(*shapes(args), out_shape=shapes(out), **shapes(kwargs))
+    return flops
+
+
+def shapes(x: Any) -> Any:
+    """`x` as torch's shape_wrapper gives it to a rule: every tensor replaced by its shape. What the
+    dispatcher passes an op holds tensors directly, in lists and in tuples (and kwargs is a dict)."""
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if type(x) in (list, tuple):
+        return type(x)(map(shapes, x))
+    if type(x) is dict:
+        return {k: shapes(v) for k, v in x.items()}
+    return x
+
+
+def seen(x: Any) -> Any:
+    """What a shape rule sees of `x`, as a key: a tensor's shape; a container's entries (and its type);
+    any other value with its type (1, 1.0 and True are equal keys otherwise)."""
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if isinstance(x, (list, tuple)):
+        return type(x), *map(seen, x)
+    if isinstance(x, dict):
+        return dict, *((k, seen(v)) for k, v in x.items())
+    return type(x), x
 
 
 CONVENTION = "fma=2"
