@@ -11,7 +11,8 @@ counts (tests/test_utilisation.py compares them on real steps), at under half it
 also tracks every module of the model, forward and backward, for a breakdown the meter does not use, and
 the metered step was the harness's largest cost on CPU (benchmarks/overhead.py). What the mode costs is
 paid on every op, so its Python per op is kept short: what to do with an op is asked once per op
-(`PLANS`), a rule's count once per op and shapes (`COUNTS`, `count`).
+(`PLANS`), a rule's count once per op and shapes (`COUNTS`, `count`), and torch's wrapper that keeps
+torch.compile out of a mode's dispatch is left off (`Counting._should_skip_dynamo`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ class Counting(TorchDispatchMode):
         self.by_child: dict[str, int] = {}  # those inside which a counted op ran, and its FLOPs
         self.plans = PLANS
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Whether torch wraps `__torch_dispatch__` so that torch.compile never traces it: not here. The
+        wrapper is a call on every op, and the meter never compiles under its counter: the metered step
+        and the probes run the task itself, eagerly (engine/trainer.py), and the other counts compile
+        nothing. A model compiled before it is counted still counts the same (tests/test_gpu_path.py)."""
+        return False
+
     @contextmanager
     def watch(self, modules: dict[str, nn.Module]) -> Iterator[None]:
         """Attribute what runs in each module's forward to its name, while the block runs."""
@@ -94,22 +103,20 @@ class Counting(TorchDispatchMode):
     def plan(self, func: Any) -> tuple[bool, bool, Callable[..., int] | None]:
         """What FlopCounterMode does with `func` (asked once per op): leave it to the tensor (a query),
         try its decomposition first (only where it has one: the attempt re-enters the mode), count it."""
-        found = self.plans.get(func)
-        if found is None:
-            decomposes = (
-                func not in self.rules
-                and func is not torch.ops.prim.device.default
-                and (
-                    COMPOSITE in func.py_kernels
-                    or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), COMPOSITE)
-                )
+        decomposes = (
+            func not in self.rules
+            and func is not torch.ops.prim.device.default
+            and (
+                COMPOSITE in func.py_kernels
+                or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), COMPOSITE)
             )
-            found = self.plans[func] = (func in QUERIES, decomposes, self.rules.get(func._overloadpacket))
+        )
+        found = self.plans[func] = (func in QUERIES, decomposes, self.rules.get(func._overloadpacket))
         return found
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        query, decomposes, rule = self.plans.get(func) or self.plan(func)
         kwargs = kwargs if kwargs else {}
-        query, decomposes, rule = self.plan(func)
         if query:
             return NotImplemented
         if decomposes:
