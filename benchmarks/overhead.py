@@ -17,7 +17,9 @@ layer) and the recipe's clipping, written out by hand.
   real loop against a plain loop reading its loss every `log_every` steps, pairs in alternating order,
   median of the pairs' ratios), noisier where other processes share the cores;
 - the meter: a metered step (under the FLOP counter) minus an ordinary one (median over `--repeats`) plus
-  the one-image count the record adds (`flops_per_image`), as a share of a 100-step run of harness steps.
+  the one-image count the record adds (`flops_per_image`), as a share of a 100-step run of harness steps;
+  each metered step starts from the counter's memos emptied (meter/counter.py PLANS and COUNTS), as a
+  run's first step does in its fresh process, and the one-image count follows it, as in a run.
 Times are this process's CPU time by default (`--clock cpu`: on a machine other processes share, wall
 time swings by +-30% between identical steps; CPU time does not count the time another process held the
 core, and with one torch thread and no data loading it is the steps' own time); `--clock wall` for wall time.
@@ -41,6 +43,7 @@ from typing import Any
 import torch
 
 import budgetssl.engine.loop as loop_module
+import budgetssl.meter.counter as counter_module
 from budgetssl.config.compose import compose_config
 from budgetssl.engine.recipe import clip_per_parameter
 from budgetssl.engine.task import StepOutput, Task
@@ -189,9 +192,11 @@ def trainer_overhead(settings, pairs: int) -> float:
 
 
 def meter_cost(trainer: Trainer, batch: dict[str, Any], repeats: int) -> float:
-    """Median seconds a metered step (under the FLOP counter) costs beyond an ordinary one."""
+    """Median seconds a metered step (under the FLOP counter, memos empty) costs beyond an unmetered one."""
     extra = []
     for _ in range(repeats):
+        counter_module.PLANS.clear()  # what the counter learns of ops and shapes: a run learns it once
+        counter_module.COUNTS.clear()
         t0 = clock()
         trainer.step(batch, PassCounter(), 0.5)
         t1 = clock()

@@ -116,3 +116,39 @@ def test_a_grouped_convolutions_backward_counts_each_group_once(groups):
     with FlopCounterMode(display=False) as torch_rules:
         conv(x).sum().backward()
     assert torch_rules.get_total_flops() == 3 * one + (groups - 1) * one  # the overcount, fixed here
+
+
+def test_a_remembered_count_is_the_rules_own_count(monkeypatch):
+    """meter/counter.py remembers a shape rule's count by what the rule sees and counts a new one on the
+    shapes it maps without torch's pytree: on every counted op of a step of a small ViT (addmm, mm,
+    attention and their gradients) and a grouped convolution, the count with nothing remembered, the
+    count remembered, and the rule's own through torch's shape wrapper agree, and so do the shapes."""
+    from torch.utils._pytree import tree_map
+    from torch.utils.flop_counter import get_shape
+
+    from budgetssl.meter import counter
+
+    calls = []
+    real = counter.count
+
+    def recording(func, rule, args, kwargs, out):
+        calls.append((func, rule, args, kwargs, out))
+        return real(func, rule, args, kwargs, out)
+
+    monkeypatch.setattr(counter, "count", recording)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=3)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4)
+    with counter.Counting():
+        vit(torch.randn(2, 3, 32, 32)).sum().backward()
+        conv(torch.randn(2, 8, 6, 6, requires_grad=True)).sum().backward()
+    monkeypatch.setattr(counter, "count", real)
+    kinds = {func._overloadpacket for func, *_ in calls}
+    assert {torch.ops.aten.addmm, torch.ops.aten.mm, torch.ops.aten.convolution_backward} <= kinds
+    assert any("attention" in str(kind) for kind in kinds)
+    monkeypatch.setattr(counter, "COUNTS", {})
+    for func, rule, args, kwargs, out in calls:
+        assert counter.shapes((args, kwargs, out)) == tree_map(get_shape, (args, kwargs, out))
+        torch_count = rule(*args, **kwargs, out_val=out)
+        first = counter.count(func, rule, args, kwargs, out)
+        assert counter.count(func, rule, args, kwargs, out) == first == torch_count, func
+    assert counter.COUNTS  # remembered

@@ -9,7 +9,10 @@ A step's passes are counted by `Counting`, a dispatch mode that applies torch's 
 root's direct children with forward hooks on those children alone. It counts exactly what FlopCounterMode
 counts (tests/test_utilisation.py compares them on real steps), at under half its cost: FlopCounterMode
 also tracks every module of the model, forward and backward, for a breakdown the meter does not use, and
-the metered step was the harness's largest cost on CPU (benchmarks/overhead.py).
+the metered step was the harness's largest cost on CPU (benchmarks/overhead.py). What the mode costs is
+paid on every op, so its Python per op is kept short: what to do with an op is asked once per op
+(`PLANS`), a rule's count once per op and shapes (`COUNTS`, `count`), and torch's wrapper that keeps
+torch.compile out of a mode's dispatch is left off (`Counting._should_skip_dynamo`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ QUERIES = {
 
 COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 PLANS: dict[Any, tuple[bool, bool, Callable[..., int] | None]] = {}  # by op, filled as ops are first seen
+SHAPE_RULE = shape_wrapper(int).__code__  # the code of every rule torch's shape_wrapper wraps
+COUNTS: dict[Any, int] = {}  # a shape rule's count by op and what it sees, filled as they are first seen
 
 
 def custom_rules() -> dict[Any, Callable[..., int]]:
@@ -68,6 +73,14 @@ class Counting(TorchDispatchMode):
         self.by_child: dict[str, int] = {}  # those inside which a counted op ran, and its FLOPs
         self.plans = PLANS
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Whether torch wraps `__torch_dispatch__` so that torch.compile never traces it: not here. The
+        wrapper is a call on every op, and the meter never compiles under its counter: the metered step
+        and the probes run the task itself, eagerly (engine/trainer.py), and the other counts compile
+        nothing. A model compiled before it is counted still counts the same (tests/test_gpu_path.py)."""
+        return False
+
     @contextmanager
     def watch(self, modules: dict[str, nn.Module]) -> Iterator[None]:
         """Attribute what runs in each module's forward to its name, while the block runs."""
@@ -90,22 +103,20 @@ class Counting(TorchDispatchMode):
     def plan(self, func: Any) -> tuple[bool, bool, Callable[..., int] | None]:
         """What FlopCounterMode does with `func` (asked once per op): leave it to the tensor (a query),
         try its decomposition first (only where it has one: the attempt re-enters the mode), count it."""
-        found = self.plans.get(func)
-        if found is None:
-            decomposes = (
-                func not in self.rules
-                and func is not torch.ops.prim.device.default
-                and (
-                    COMPOSITE in func.py_kernels
-                    or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), COMPOSITE)
-                )
+        decomposes = (
+            func not in self.rules
+            and func is not torch.ops.prim.device.default
+            and (
+                COMPOSITE in func.py_kernels
+                or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), COMPOSITE)
             )
-            found = self.plans[func] = (func in QUERIES, decomposes, self.rules.get(func._overloadpacket))
+        )
+        found = self.plans[func] = (func in QUERIES, decomposes, self.rules.get(func._overloadpacket))
         return found
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        query, decomposes, rule = self.plans.get(func) or self.plan(func)
         kwargs = kwargs if kwargs else {}
-        query, decomposes, rule = self.plan(func)
         if query:
             return NotImplemented
         if decomposes:
@@ -115,11 +126,54 @@ class Counting(TorchDispatchMode):
                     return out
         out = func(*args, **kwargs)
         if rule is not None:
-            flops = rule(*args, **kwargs, out_val=out)
+            flops = count(func, rule, args, kwargs, out)
             self.total += flops
             for name in set(self.active):
                 self.by_child[name] = self.by_child.get(name, 0) + flops
         return out
+
+
+def count(func: Any, rule: Callable[..., int], args: Any, kwargs: Any, out: Any) -> int:
+    """`rule`'s count of `func` run on `args` and `kwargs` into `out`: what FlopCounterMode's call gives.
+
+    A rule torch's shape_wrapper wraps sees only the tensors' shapes and the other arguments, so its
+    count is remembered by what it sees (`seen`): a step repeats a few shapes, one per kind of layer, and
+    the wrapper maps the arguments through torch's pytree at many times the cost of the rule's own
+    arithmetic. A new one is counted by the rule itself, on the shapes the wrapper would give it."""
+    if getattr(rule, "__code__", None) is not SHAPE_RULE:  # a raw rule (torch's `get_raw`) sees tensors
+        return rule(*args, **kwargs, out_val=out)
+    key = (func, seen(args), seen(kwargs), seen(out))
+    try:
+        flops = COUNTS.get(key)
+    except TypeError:  # something unhashable (a symbolic size): counted, not remembered
+        return rule(*args, **kwargs, out_val=out)
+    if flops is None:
+        flops = COUNTS[key] = rule.__wrapped__(*shapes(args), out_shape=shapes(out), **shapes(kwargs))
+    return flops
+
+
+def shapes(x: Any) -> Any:
+    """`x` as torch's shape_wrapper gives it to a rule: every tensor replaced by its shape. What the
+    dispatcher passes an op holds tensors directly, in lists and in tuples (and kwargs is a dict)."""
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if type(x) in (list, tuple):
+        return type(x)(map(shapes, x))
+    if type(x) is dict:
+        return {k: shapes(v) for k, v in x.items()}
+    return x
+
+
+def seen(x: Any) -> Any:
+    """What a shape rule sees of `x`, as a key: a tensor's shape; a container's entries (and its type);
+    any other value with its type (1, 1.0 and True are equal keys otherwise)."""
+    if isinstance(x, torch.Tensor):
+        return x.shape
+    if isinstance(x, (list, tuple)):
+        return type(x), *map(seen, x)
+    if isinstance(x, dict):
+        return dict, *((k, seen(v)) for k, v in x.items())
+    return type(x), x
 
 
 CONVENTION = "fma=2"
