@@ -386,13 +386,14 @@ class Batches(Iterator[dict[str, Any]]):
         return Pending(ahead.submit(after, batch, position), position)
 
     def __next__(self) -> dict[str, Any]:
-        if self._ahead is None or self.after is None:
+        ahead, after = self._ahead, self.after
+        if ahead is None or after is None:  # no thread (it exists only with an `after`)
             batch, position = self._fetch()
             self.position = position
-            return batch if self.after is None else self.after(batch, position)
-        this = self._pending if self._pending is not None else self._fetch_ahead(self._ahead, self.after)
+            return batch if after is None else after(batch, position)
+        this = self._pending if self._pending is not None else self._fetch_ahead(ahead, after)
         # The next batch from the loader while this one's views finish on the thread.
-        self._pending = self._fetch_ahead(self._ahead, self.after)
+        self._pending = self._fetch_ahead(ahead, after)
         batch = this.views.result()  # the views' error, if any, raised here with its traceback
         assert this.position is not None  # a batch that failed to load raised above
         self.position = this.position

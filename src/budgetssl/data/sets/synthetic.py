@@ -244,7 +244,7 @@ class Whole:
     in the first time a batch reaches it (`fill`): a batch is then one gather."""
 
     def __init__(self, length: int, image_size: int) -> None:
-        n = -(-length // CHUNK) * CHUNK
+        n = self.scenes(length)
         self.images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
         self.masks = np.empty((n, image_size, image_size), dtype=np.uint8)
         self.labels = np.empty(n, dtype=np.int64)
@@ -252,9 +252,14 @@ class Whole:
         self.filled = np.zeros(n // CHUNK, dtype=bool)
 
     @staticmethod
-    def size(length: int, image_size: int) -> int:
+    def scenes(length: int) -> int:
+        """The scenes it holds: `length` rounded up to whole chunks."""
+        return -(-length // CHUNK) * CHUNK
+
+    @classmethod
+    def size(cls, length: int, image_size: int) -> int:
         """Its bytes: pixels, mask, label and a caption's reference a scene."""
-        return -(-length // CHUNK) * CHUNK * (4 * image_size * image_size + 16)
+        return cls.scenes(length) * (4 * image_size * image_size + 16)
 
     def missing(self, indices: np.ndarray) -> list[int]:
         """The first index of each chunk that `indices` fall in and that is not filled yet."""
